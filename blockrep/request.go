@@ -99,14 +99,14 @@ func (b *Batch) Flush() {
 
 // Caps are what a backend can do; the NBD server advertises them.
 type Caps struct {
-	Flush     bool // FLUSH is meaningful (writes are cached)
-	FUA       bool
-	Trim      bool
-	Zero      bool // efficient WRITE_ZEROES
-	FastZero  bool // zeroing never falls back to writing
-	MultiConn bool // a FLUSH on any connection covers writes completed on all of them
-	Cache     bool
-	ReadOnly  bool
+	Flush      bool // FLUSH is meaningful (writes are cached)
+	FUA        bool
+	Trim       bool
+	Zero       bool // efficient WRITE_ZEROES
+	FastZero   bool // zeroing never falls back to writing
+	MultiConn  bool // a FLUSH on any connection covers writes completed on all of them
+	Cache      bool
+	ReadOnly   bool
 	Rotational bool
 }
 

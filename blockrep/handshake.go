@@ -1,0 +1,277 @@
+package blockrep
+
+import (
+	"fmt"
+	"strings"
+)
+
+// HandshakeSide is what each node tells the other when a connection is established.
+type HandshakeSide struct {
+	NodeID int
+	Name   string
+	Gen    Generations
+	Role   Role
+	Disk   DiskState
+	// Dirty is the number of 4 KiB blocks set in this side's bitmap for the other side.
+	Dirty uint64
+}
+
+// SplitBrainPolicy is the after-sb-* / rr-conflict configuration of a connection; both
+// sides must use the same one (the transport handshake checks that).
+type SplitBrainPolicy struct {
+	After0Pri  string // disconnect|discard-younger-primary|discard-older-primary|discard-zero-changes|discard-least-changes|discard-node-NAME
+	After1Pri  string // disconnect|consensus|discard-secondary|call-pri-lost-after-sb|violently-as0p
+	After2Pri  string // disconnect|violently-as0p|call-pri-lost-after-sb
+	AlwaysASBP bool
+	RRConflict string // disconnect|retry-connect|violently|call-pri-lost|auto-discard
+}
+
+// SyncBits says which blocks a resync moves.
+type SyncBits uint8
+
+const (
+	BitsNone  SyncBits = iota
+	BitsMerge          // the union of both sides' bitmaps for each other
+	BitsAll            // every block
+	BitsOther          // the source's bitmap for node Other (target's is stale)
+)
+
+var syncBitsNames = [...]string{"none", "merge", "all", "other"}
+
+func (b SyncBits) String() string { return enumName(syncBitsNames[:], int(b)) }
+
+// HandshakeResult is what a connection becomes after the handshake, seen from self.
+type HandshakeResult struct {
+	Comparison
+	// Repl is Established, SyncSource or SyncTarget; ReplOff means drop the connection
+	// (go StandAlone) for Reason.
+	Repl       ReplState
+	Bits       SyncBits
+	SplitBrain bool   // split brain was detected (resolved or not)
+	Reason     string // the log line explaining a drop or an automatic resolution
+}
+
+// Drop reports whether the connection must be dropped.
+func (h HandshakeResult) Drop() bool { return h.Repl == ReplOff }
+
+// DecideHandshake is DRBD's sync handshake: compare generations, let disk states and
+// split-brain policies adjust the answer, and refuse combinations that would lose data.
+// It is pure and symmetric: both nodes compute mirrored answers from the same inputs.
+func DecideHandshake(self, peer HandshakeSide, pol SplitBrainPolicy) HandshakeResult {
+	if self.Disk == Diskless || peer.Disk == Diskless {
+		return HandshakeResult{Comparison: Comparison{Strategy: NoSync, Rule: "diskless", Other: -1}, Repl: Established}
+	}
+	cmp := CompareGenerations(self.Gen, peer.Gen, self.NodeID, peer.NodeID)
+	r := HandshakeResult{Comparison: cmp}
+	if cmp.Strategy == UnrelatedData {
+		return drop(r, "Unrelated data, aborting!")
+	}
+
+	// dir > 0: we are source; < 0: target; 0: no sync. full: every block.
+	dir, full := direction(cmp.Strategy), cmp.Strategy == SourceSetBitmap || cmp.Strategy == TargetSetBitmap
+	splitBrain := cmp.Strategy == SplitBrainAutoRecover || cmp.Strategy == SplitBrainDisconnect
+
+	// Exactly one side inconsistent: the other side's data wins, whatever the generations say.
+	selfIncons, peerIncons := self.Disk <= Inconsistent, peer.Disk <= Inconsistent
+	if selfIncons != peerIncons {
+		full = full || cmp.Strategy == SplitBrainDisconnect
+		if peerIncons {
+			dir = 1
+		} else {
+			dir = -1
+		}
+		splitBrain = false
+		r.Reason = fmt.Sprintf("Becoming sync %s due to disk states.", srcTgt(dir))
+	}
+
+	if splitBrain {
+		r.SplitBrain = true
+		if cmp.Strategy == SplitBrainAutoRecover || pol.AlwaysASBP {
+			if d := afterSplitBrain(self, peer, pol); d != 0 {
+				dir, full = d, cmp.Strategy == SplitBrainDisconnect
+				r.Reason = fmt.Sprintf("Split-Brain detected, %d primaries, automatically solved. Sync from %s node",
+					primaries(self, peer), fromNode(d))
+			}
+		}
+		if dir == 0 {
+			sd, pd := self.Gen.Flags&GenDiscardMyData != 0, peer.Gen.Flags&GenDiscardMyData != 0
+			switch {
+			case sd && !pd:
+				dir = -1
+			case pd && !sd:
+				dir = 1
+			}
+			if dir != 0 {
+				full = cmp.Strategy == SplitBrainDisconnect
+				r.Reason = fmt.Sprintf("Split-Brain detected, manually solved. Sync from %s node", fromNode(dir))
+			}
+		}
+		if dir == 0 {
+			return drop(r, "Split-Brain detected but unresolved, dropping connection!")
+		}
+	}
+
+	if self.Role == Primary && peer.Role == Primary {
+		return drop(r, "Both nodes are Primary, dropping connection!")
+	}
+	if dir > 0 && selfIncons || dir < 0 && peerIncons {
+		return drop(r, "I shall become SyncSource, but I am inconsistent!")
+	}
+	if dir < 0 && self.Role == Primary && self.Disk >= Consistent && pol.RRConflict != "violently" ||
+		dir > 0 && peer.Role == Primary && peer.Disk >= Consistent && pol.RRConflict != "violently" {
+		return drop(r, "I shall become SyncTarget, but I am primary!")
+	}
+
+	switch {
+	case dir == 0:
+		r.Repl, r.Bits = Established, BitsNone
+	case dir > 0:
+		r.Repl = SyncSource
+	default:
+		r.Repl = SyncTarget
+	}
+	if dir != 0 {
+		switch {
+		case full:
+			r.Bits = BitsAll
+		case cmp.Strategy == SourceCopyOtherBitmap || cmp.Strategy == TargetClearBitmap:
+			r.Bits = BitsOther
+		default:
+			r.Bits = BitsMerge
+		}
+	}
+	return r
+}
+
+func drop(r HandshakeResult, why string) HandshakeResult {
+	r.Repl, r.Bits, r.Reason = ReplOff, BitsNone, why
+	return r
+}
+
+func direction(s Strategy) int {
+	switch {
+	case s.IsSource():
+		return 1
+	case s.IsTarget():
+		return -1
+	}
+	return 0
+}
+
+func srcTgt(dir int) string {
+	if dir > 0 {
+		return "source"
+	}
+	return "target"
+}
+
+func fromNode(dir int) string {
+	if dir > 0 {
+		return "this"
+	}
+	return "peer"
+}
+
+func primaries(a, b HandshakeSide) int {
+	n := 0
+	if a.Role == Primary {
+		n++
+	}
+	if b.Role == Primary {
+		n++
+	}
+	return n
+}
+
+// afterSplitBrain applies the after-sb-Npri policy: 1 = we keep our data, -1 = we discard
+// it, 0 = unresolved.
+func afterSplitBrain(self, peer HandshakeSide, pol SplitBrainPolicy) int {
+	switch primaries(self, peer) {
+	case 0:
+		return asb0p(self, peer, pol.After0Pri)
+	case 1:
+		switch pol.After1Pri {
+		case "discard-secondary":
+			if self.Role == Primary {
+				return 1
+			}
+			return -1
+		case "consensus":
+			// Only accept the 0pri answer when it discards the Secondary.
+			d := asb0p(self, peer, pol.After0Pri)
+			if d == -1 && self.Role == Secondary || d == 1 && peer.Role == Secondary {
+				return d
+			}
+		case "violently-as0p":
+			return asb0p(self, peer, pol.After0Pri)
+		}
+	case 2:
+		if pol.After2Pri == "violently-as0p" {
+			return asb0p(self, peer, pol.After0Pri)
+		}
+	}
+	return 0
+}
+
+func asb0p(self, peer HandshakeSide, policy string) int {
+	// Ties go to the lower node id, on both sides alike.
+	tie := 1
+	if self.NodeID > peer.NodeID {
+		tie = -1
+	}
+	if node, ok := strings.CutPrefix(policy, "discard-node-"); ok {
+		switch node {
+		case self.Name:
+			return -1
+		case peer.Name:
+			return 1
+		}
+		return 0
+	}
+	selfPri := self.Gen.Bitmap[peer.NodeID]&UUIDPrimaryBit != 0
+	peerPri := peer.Gen.Bitmap[self.NodeID]&UUIDPrimaryBit != 0
+	switch policy {
+	case "disconnect", "":
+		return 0
+	case "discard-younger-primary", "discard-older-primary":
+		younger := policy == "discard-younger-primary"
+		if !selfPri && peerPri {
+			return pick(younger, -1, 1)
+		}
+		if selfPri && !peerPri {
+			return pick(younger, 1, -1)
+		}
+		// Undecided: DRBD falls through to discard-least-changes.
+		return leastChanges(self, peer, tie)
+	case "discard-zero-changes":
+		switch {
+		case self.Dirty == 0 && peer.Dirty == 0:
+			return tie
+		case peer.Dirty == 0:
+			return 1
+		case self.Dirty == 0:
+			return -1
+		}
+		return 0
+	case "discard-least-changes":
+		return leastChanges(self, peer, tie)
+	}
+	return 0
+}
+
+func leastChanges(self, peer HandshakeSide, tie int) int {
+	switch {
+	case self.Dirty < peer.Dirty:
+		return -1
+	case self.Dirty > peer.Dirty:
+		return 1
+	}
+	return tie
+}
+
+func pick(cond bool, a, b int) int {
+	if cond {
+		return a
+	}
+	return b
+}

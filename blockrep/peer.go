@@ -1,0 +1,921 @@
+package blockrep
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/blockrep/blockrep/transport"
+)
+
+// Peer is the replication link to one peer node: a manager goroutine that (re)connects
+// and runs sessions, the send side of the write path, and the receive loop.
+type Peer struct {
+	v    *Volume
+	cfg  PeerConfig
+	slot int
+	bm   *Bitmap
+	log  *slog.Logger
+
+	// Under v.mu.
+	want          bool
+	discardMyData bool
+
+	kick     chan struct{}
+	incoming chan *transport.Conn
+	quit     chan struct{}
+	done     chan struct{}
+
+	// The link of the current session, and what is in flight on it. Under pendMu.
+	pendMu      sync.Mutex
+	pendCond    sync.Cond
+	link        *transport.Conn
+	replicating bool // application writes flow to the peer
+	nextID      uint64
+	pending     map[uint64]pendEntry
+	maxPending  int
+	waiters     map[uint64]chan transport.Reply
+	ctl         chan ctlMsg // receiver-originated control messages, sent by the session's ctl goroutine
+	sessStop    chan struct{}
+	sessWG      *sync.WaitGroup
+
+	lastRecv atomic.Int64 // unix nanoseconds of the last input
+	wentLive bool         // the current session got past its handshake (manager goroutine only)
+
+	rs resyncStats
+}
+
+type pendKind uint8
+
+const (
+	pendData pendKind = iota
+	pendFlush
+	pendRS
+)
+
+type pendEntry struct {
+	kind     pendKind
+	off, n   int64
+	req      *Request // nil when nobody waits for the peer
+	waitRecv bool     // protocol B: RecvAck finishes the request's part
+}
+
+type ctlMsg struct {
+	t       transport.MsgType
+	payload []byte
+}
+
+// errGraceful is a connection closed on purpose by one side.
+type errGraceful struct{ reason string }
+
+func (e errGraceful) Error() string { return "disconnected: " + e.reason }
+
+func newPeer(v *Volume, cfg PeerConfig, slot int) *Peer {
+	if cfg.MaxBuffers <= 0 {
+		cfg.MaxBuffers = 2048
+	}
+	if cfg.ConnectInt <= 0 {
+		cfg.ConnectInt = 10 * time.Second
+	}
+	if cfg.PingInt <= 0 {
+		cfg.PingInt = 10 * time.Second
+	}
+	if cfg.Timeout <= 0 {
+		cfg.Timeout = 6 * time.Second
+	}
+	p := &Peer{
+		v: v, cfg: cfg, slot: slot, bm: v.meta.Bitmap(slot),
+		log:      v.log.With("peer", cfg.Name),
+		kick:     make(chan struct{}, 1),
+		incoming: make(chan *transport.Conn, 1),
+		quit:     make(chan struct{}),
+		done:     make(chan struct{}),
+		pending:  make(map[uint64]pendEntry),
+		waiters:  make(map[uint64]chan transport.Reply),
+	}
+	p.maxPending = cfg.MaxBuffers
+	p.pendCond.L = &p.pendMu
+	p.rs.cond.L = &p.rs.mu
+	go p.run()
+	return p
+}
+
+// NodeID returns the peer's node id.
+func (p *Peer) NodeID() int { return p.cfg.NodeID }
+
+func (p *Peer) wake() {
+	select {
+	case p.kick <- struct{}{}:
+	default:
+	}
+}
+
+// shutdown ends the manager goroutine, closing any session.
+func (p *Peer) shutdown() {
+	select {
+	case <-p.quit:
+	default:
+		close(p.quit)
+	}
+	p.dropLink("shutting down")
+	<-p.done
+	for {
+		select {
+		case c := <-p.incoming:
+			c.Close()
+		default:
+			return
+		}
+	}
+}
+
+// dropLink closes the current link, if any; the session ends and cleans up.
+func (p *Peer) dropLink(why string) {
+	p.pendMu.Lock()
+	c := p.link
+	p.pendMu.Unlock()
+	if c != nil {
+		p.log.Info("closing connection", "reason", why)
+		c.Close()
+	}
+}
+
+func (p *Peer) quitting() bool {
+	select {
+	case <-p.quit:
+		return true
+	default:
+		return false
+	}
+}
+
+// Connect asks for the connection to be established (drbdadm connect).
+func (v *Volume) Connect(nodeID int, discardMyData bool) error {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	for _, p := range v.peers {
+		if nodeID >= 0 && p.cfg.NodeID != nodeID {
+			continue
+		}
+		ps := v.state.Peer(p.cfg.NodeID)
+		if discardMyData && v.state.Role == Primary {
+			return refuse(nil, "--discard-my-data on a Primary: demote it first")
+		}
+		p.want = true
+		p.discardMyData = discardMyData
+		if ps.Conn == StandAlone {
+			v.changeLocked(func(s *State) {
+				sp := s.Peer(p.cfg.NodeID)
+				sp.Conn, sp.SplitBrain, sp.Reason = Connecting, false, ""
+			})
+		}
+		p.wake()
+	}
+	return nil
+}
+
+// Disconnect closes the connection on purpose and goes StandAlone (drbdadm disconnect).
+func (v *Volume) Disconnect(nodeID int) error {
+	v.mu.Lock()
+	var links []*Peer
+	for _, p := range v.peers {
+		if nodeID >= 0 && p.cfg.NodeID != nodeID {
+			continue
+		}
+		p.want = false
+		links = append(links, p)
+		if ps := v.state.Peer(p.cfg.NodeID); ps.Conn != Connected {
+			v.changeLocked(func(s *State) { s.Peer(p.cfg.NodeID).Conn = StandAlone })
+		}
+	}
+	v.mu.Unlock()
+	for _, p := range links {
+		p.wake()
+		p.closeGracefully("disconnected by operator")
+	}
+	// Wait until every session has ended so the caller sees StandAlone.
+	deadline := time.Now().Add(10 * time.Second)
+	for _, p := range links {
+		for time.Now().Before(deadline) {
+			if st := v.State(); st.Peer(p.cfg.NodeID).Conn == StandAlone {
+				break
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	return nil
+}
+
+// closeGracefully tells the peer why and closes the link.
+func (p *Peer) closeGracefully(reason string) {
+	p.pendMu.Lock()
+	c := p.link
+	p.pendMu.Unlock()
+	if c == nil {
+		return
+	}
+	m := transport.Disconnect{Reason: reason}
+	p.v.mu.Lock()
+	p.noteGracefulLocked()
+	p.v.mu.Unlock()
+	c.Send(transport.MsgDisconnect, m.Encode(), nil)
+	c.Close()
+}
+
+// noteGracefulLocked records what a deliberate disconnect means for data: a Secondary
+// that leaves its Primary is Outdated from now on.
+func (p *Peer) noteGracefulLocked() {
+	v := p.v
+	ps := v.state.Peer(p.cfg.NodeID)
+	if ps == nil || ps.Conn != Connected {
+		return
+	}
+	if v.state.Role == Secondary && ps.Role == Primary {
+		if err := v.markOutdatedLocked(); err != nil {
+			p.log.Error("cannot mark disk Outdated", "err", err)
+		}
+	}
+	if v.state.Role == Primary && ps.Role == Secondary {
+		v.meta.Update(func(sb *Superblock) { sb.Peers[p.slot].Flags |= PeerOutdated })
+	}
+}
+
+// Incoming hands an authenticated connection to the peer it comes from. A connection
+// from a lower node id is a wake-up call: the higher node id always dials.
+func (v *Volume) Incoming(c *transport.Conn) {
+	if v.closed.Load() {
+		c.Close()
+		return
+	}
+	for _, p := range v.peers {
+		if p.cfg.NodeID != c.PeerID {
+			continue
+		}
+		if c.PeerID < v.cfg.NodeID {
+			c.Close()
+			v.mu.Lock()
+			want := p.want
+			v.mu.Unlock()
+			if want {
+				p.wake()
+			}
+			return
+		}
+		select {
+		case p.incoming <- c:
+		default:
+			m := transport.Disconnect{Reason: "already connecting"}
+			c.Send(transport.MsgDisconnect, m.Encode(), nil)
+			c.Close()
+		}
+		return
+	}
+	c.Close()
+}
+
+func (p *Peer) dials() bool { return p.v.cfg.NodeID > p.cfg.NodeID }
+
+// run is the connection manager: wait until wanted, obtain a link, run a session,
+// clean up, repeat.
+func (p *Peer) run() {
+	defer close(p.done)
+	var delay time.Duration
+	for {
+		if !p.waitWanted() {
+			return
+		}
+		if delay > 0 && !p.sleep(delay) {
+			return
+		}
+		c := p.obtainLink()
+		if c == nil {
+			continue
+		}
+		p.wentLive = false
+		standalone, reason, splitBrain := p.session(c)
+		// Retry a failing handshake with backoff; reconnect at once after a live session.
+		if p.wentLive {
+			delay = 0
+		} else {
+			delay = min(max(2*delay, 250*time.Millisecond), p.cfg.ConnectInt)
+		}
+		p.teardown(c)
+		p.v.mu.Lock()
+		if standalone {
+			p.want = false
+		}
+		p.v.changeLocked(func(s *State) {
+			sp := s.Peer(p.cfg.NodeID)
+			sp.Conn = Connecting
+			if !p.want {
+				sp.Conn, sp.Reason, sp.SplitBrain = StandAlone, reason, splitBrain
+			}
+		})
+		p.v.mu.Unlock()
+		if standalone {
+			p.log.Warn("connection dropped, StandAlone", "reason", reason)
+		} else {
+			p.log.Info("connection lost", "reason", reason)
+		}
+	}
+}
+
+// sleep waits d unless kicked; false means shut down.
+func (p *Peer) sleep(d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-p.quit:
+		return false
+	case <-p.kick:
+	case <-t.C:
+	}
+	return true
+}
+
+// waitWanted blocks until the connection is wanted; false means shut down.
+func (p *Peer) waitWanted() bool {
+	for {
+		p.v.mu.Lock()
+		want := p.want
+		p.v.mu.Unlock()
+		if p.quitting() {
+			return false
+		}
+		if want {
+			return true
+		}
+		// Refuse connections while StandAlone.
+		select {
+		case <-p.quit:
+			return false
+		case <-p.kick:
+		case c := <-p.incoming:
+			m := transport.Disconnect{Reason: "peer is StandAlone"}
+			c.Send(transport.MsgDisconnect, m.Encode(), nil)
+			c.Close()
+		}
+	}
+}
+
+// obtainLink dials (higher node id) or waits for the peer to dial (lower node id, which
+// pokes the peer so that it dials at once). nil means: re-check whether still wanted.
+func (p *Peer) obtainLink() *transport.Conn {
+	wantedNow := func() bool {
+		p.v.mu.Lock()
+		defer p.v.mu.Unlock()
+		return p.want
+	}
+	id := p.identity()
+	for attempt := 0; ; attempt++ {
+		if p.quitting() || !wantedNow() {
+			return nil
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), transport.HandshakeTimeout)
+		c, err := transport.Dial(ctx, p.cfg.Address, p.cfg.LocalAddress, id)
+		cancel()
+		if p.dials() {
+			if err == nil {
+				return c
+			}
+			if attempt == 0 || attempt%30 == 0 {
+				p.log.Info("cannot connect yet", "address", p.cfg.Address, "err", err)
+			}
+		} else if err == nil {
+			c.Close() // the poke: the peer now dials us
+		} else if errors.Is(err, transport.ErrAuth) {
+			p.log.Warn("peer refused us", "err", err)
+		}
+		wait := min(p.cfg.ConnectInt, time.Duration(attempt+1)*250*time.Millisecond)
+		t := time.NewTimer(wait)
+		select {
+		case <-p.quit:
+			t.Stop()
+			return nil
+		case <-p.kick:
+			t.Stop()
+		case c := <-p.incoming:
+			t.Stop()
+			if !wantedNow() {
+				c.Close()
+				return nil
+			}
+			return c
+		case <-t.C:
+		}
+	}
+}
+
+func (p *Peer) identity() transport.Identity {
+	return transport.Identity{Resource: p.v.cfg.Resource, LocalID: p.v.cfg.NodeID, PeerID: p.cfg.NodeID,
+		Secret: p.cfg.Secret, Alg: p.cfg.HMACAlg}
+}
+
+// handshakeSideLocked is what we tell the peer about ourselves.
+func (p *Peer) handshakeSideLocked() HandshakeSide {
+	v := p.v
+	sb := v.meta.Superblock()
+	g := Generations{Current: sb.Current, History: sb.History}
+	for i := 0; i < sb.MaxPeers; i++ {
+		if id := sb.Peers[i].NodeID; id >= 0 {
+			g.Bitmap[id] = sb.Peers[i].BitmapUUID
+		}
+	}
+	if f := sb.Peers[p.slot].Flags; f&PeerResyncPending != 0 {
+		if f&PeerCrashedPrimary != 0 {
+			g.Flags |= GenCrashedPrimary
+		} else {
+			g.Flags |= GenUnclean
+		}
+	}
+	if p.discardMyData {
+		g.Flags |= GenDiscardMyData
+	}
+	return HandshakeSide{NodeID: v.cfg.NodeID, Name: v.cfg.NodeName, Gen: g, Role: v.state.Role,
+		Disk: v.state.Disk, Dirty: uint64(p.bm.Count())}
+}
+
+func toWire(h HandshakeSide, size int64, proto Protocol, settings string) *transport.Handshake {
+	return &transport.Handshake{NodeID: uint32(h.NodeID), Name: h.Name, Role: uint8(h.Role), Disk: uint8(h.Disk),
+		Current: h.Gen.Current, Bitmap: h.Gen.Bitmap, History: h.Gen.History, GenFlags: uint32(h.Gen.Flags),
+		Dirty: h.Dirty, Size: uint64(size), Protocol: uint8(proto), Settings: settings}
+}
+
+func fromWire(w *transport.Handshake) HandshakeSide {
+	return HandshakeSide{NodeID: int(w.NodeID), Name: w.Name, Role: Role(w.Role), Disk: DiskState(w.Disk),
+		Gen:   Generations{Current: w.Current, Bitmap: w.Bitmap, History: w.History, Flags: GenFlags(w.GenFlags)},
+		Dirty: w.Dirty}
+}
+
+// readExpect reads the next message, which must be of type want (a Disconnect ends the
+// session with the peer's reason).
+func readExpect(c *transport.Conn, want transport.MsgType) ([]byte, error) {
+	t, payload, err := c.ReadMsg()
+	if err != nil {
+		return nil, err
+	}
+	if t == transport.MsgDisconnect {
+		d, _ := transport.DecodeDisconnect(payload)
+		return nil, errGraceful{d.Reason}
+	}
+	if t != want {
+		return nil, fmt.Errorf("%w: expected %s, got %s", transport.ErrProtocol, want, t)
+	}
+	return payload, nil
+}
+
+var handshakeTimeout = 30 * time.Second
+
+// session runs one connection: handshake, bitmap exchange, then replication until the
+// link breaks. standalone reports an outcome that must not be retried automatically.
+func (p *Peer) session(c *transport.Conn) (standalone bool, reason string, splitBrain bool) {
+	v := p.v
+	// Writes pause on this node until the decision is taken and replication is live, so
+	// the generations and bitmaps we decide on are the ones the data matches.
+	v.gate.Lock()
+	gateHeld := true
+	defer func() {
+		if gateHeld {
+			v.gate.Unlock()
+		}
+	}()
+	c.SetReadDeadline(time.Now().Add(handshakeTimeout))
+
+	v.mu.Lock()
+	self := p.handshakeSideLocked()
+	v.mu.Unlock()
+	if err := c.Send(transport.MsgHandshake, toWire(self, v.size, p.cfg.Protocol, p.cfg.Settings).Encode(), nil); err != nil {
+		return false, err.Error(), false
+	}
+	payload, err := readExpect(c, transport.MsgHandshake)
+	if err != nil {
+		return false, err.Error(), false
+	}
+	w, err := transport.DecodeHandshake(payload)
+	if err != nil {
+		return false, err.Error(), false
+	}
+	switch {
+	case int(w.NodeID) != p.cfg.NodeID:
+		return true, fmt.Sprintf("peer claims node-id %d, expected %d", w.NodeID, p.cfg.NodeID), false
+	case int64(w.Size) != v.size:
+		return true, fmt.Sprintf("disk size mismatch: ours %d bytes, peer's %d bytes", v.size, w.Size), false
+	case Protocol(w.Protocol) != p.cfg.Protocol:
+		return true, fmt.Sprintf("protocol mismatch: ours %s, peer's %s", p.cfg.Protocol, Protocol(w.Protocol)), false
+	case w.Settings != p.cfg.Settings:
+		return true, fmt.Sprintf("incompatible net settings: ours %q, peer's %q", p.cfg.Settings, w.Settings), false
+	}
+	peer := fromWire(&w)
+	res := DecideHandshake(self, peer, p.cfg.Policy)
+	p.log.Info("handshake", "decision", res.Comparison.String(), "replication", res.Repl, "bits", res.Bits,
+		"peer-role", peer.Role, "peer-disk", peer.Disk)
+	if res.Reason != "" {
+		p.log.Warn(res.Reason)
+	}
+	if res.Drop() {
+		if res.SplitBrain {
+			return true, "split-brain", true
+		}
+		return true, res.Reason, false
+	}
+
+	// Bitmaps: agree on what the resync moves.
+	switch res.Bits {
+	case BitsMerge:
+		if err := p.exchangeBitmaps(c); err != nil {
+			return false, err.Error(), false
+		}
+	case BitsAll:
+		p.bm.SetAll()
+	case BitsOther:
+		if res.Repl == SyncSource {
+			sb := v.meta.Superblock()
+			if s := sb.Slot(res.Other); s >= 0 {
+				p.bm.Merge(v.meta.Bitmap(s))
+			} else {
+				p.bm.SetAll()
+			}
+		} else {
+			p.bm.ClearAll()
+		}
+	}
+	v.mu.Lock()
+	if res.Repl == SyncTarget {
+		err = v.markInconsistentLocked(false)
+	}
+	if err == nil {
+		err = v.meta.WriteBitmaps()
+	}
+	v.mu.Unlock()
+	if err != nil {
+		return false, "metadata write failed: " + err.Error(), false
+	}
+	if err := c.Send(transport.MsgSyncReady, nil, nil); err != nil {
+		return false, err.Error(), false
+	}
+	if _, err := readExpect(c, transport.MsgSyncReady); err != nil {
+		return false, err.Error(), false
+	}
+	c.SetReadDeadline(time.Time{})
+
+	// Live: commit the connection state and open the write path to the peer.
+	v.mu.Lock()
+	if !p.want {
+		v.mu.Unlock()
+		return true, "disconnected by operator", false
+	}
+	p.discardMyData = false
+	if res.Repl == Established {
+		p.settleNoSyncLocked(self, peer)
+	}
+	err = v.changeLocked(func(s *State) {
+		sp := s.Peer(p.cfg.NodeID)
+		sp.Conn, sp.Repl, sp.Role, sp.Disk = Connected, res.Repl, peer.Role, peer.Disk
+		if res.Repl == Established && peer.Disk == Outdated && s.Disk == UpToDate && self.Gen.Current == peer.Gen.Current {
+			sp.Disk = UpToDate // it settles itself the same way
+		}
+		if res.Repl == SyncSource {
+			sp.Disk = Inconsistent
+		}
+	})
+	v.mu.Unlock()
+	if err != nil {
+		return true, err.Error(), false
+	}
+	p.ctl = make(chan ctlMsg, 64)
+	p.pendMu.Lock()
+	p.link, p.replicating = c, true
+	p.pendMu.Unlock()
+	p.lastRecv.Store(time.Now().UnixNano())
+	p.wentLive = true
+	v.gate.Unlock()
+	gateHeld = false
+
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	p.pendMu.Lock()
+	p.sessStop, p.sessWG = stop, &wg
+	p.pendMu.Unlock()
+	wg.Add(2)
+	go func() { defer wg.Done(); p.keepalive(c, stop) }()
+	go func() { defer wg.Done(); p.sendCtl(c, stop) }()
+	if res.Repl == SyncSource {
+		p.startResync(c, stop, &wg)
+	} else if res.Repl == SyncTarget {
+		p.rs.begin(p.bm.Count())
+	}
+	err = p.receive(c)
+	close(stop)
+	c.Close()
+	p.rs.end() // wakes a resync loop waiting for its window
+	wg.Wait()
+	var g errGraceful
+	if errors.As(err, &g) {
+		p.v.mu.Lock()
+		p.noteGracefulLocked()
+		p.v.mu.Unlock()
+		return false, "peer: " + g.reason, false
+	}
+	return false, err.Error(), false
+}
+
+// settleNoSyncLocked: with no resync needed and the same generation, an Outdated or
+// Consistent disk next to an UpToDate one is UpToDate too.
+func (p *Peer) settleNoSyncLocked(self, peer HandshakeSide) {
+	if mask(self.Gen.Current) != mask(peer.Gen.Current) || peer.Disk != UpToDate {
+		return
+	}
+	if self.Disk == Outdated || self.Disk == Consistent {
+		if err := p.v.markUpToDateLocked(); err != nil {
+			p.log.Error("cannot mark disk UpToDate", "err", err)
+		}
+	}
+}
+
+const bitmapChunk = 1 << 20
+
+// exchangeBitmaps sends our bitmap for the peer and merges theirs for us.
+func (p *Peer) exchangeBitmaps(c *transport.Conn) error {
+	img := p.bm.EncodeRLE()
+	sent := make(chan error, 1)
+	go func() {
+		for off := 0; ; {
+			end := min(off+bitmapChunk, len(img))
+			ch := transport.BitmapChunk{Last: end == len(img), Data: img[off:end]}
+			if err := c.Send(transport.MsgBitmap, ch.Encode(), nil); err != nil {
+				sent <- err
+				return
+			}
+			if ch.Last {
+				sent <- nil
+				return
+			}
+			off = end
+		}
+	}()
+	var theirs []byte
+	for {
+		payload, err := readExpect(c, transport.MsgBitmap)
+		if err != nil {
+			return err
+		}
+		ch, err := transport.DecodeBitmapChunk(payload)
+		if err != nil {
+			return err
+		}
+		if len(theirs)+len(ch.Data) > 64<<20 {
+			return fmt.Errorf("%w: bitmap larger than 64 MiB", transport.ErrProtocol)
+		}
+		theirs = append(theirs, ch.Data...)
+		if ch.Last {
+			break
+		}
+	}
+	if err := p.bm.MergeRLE(theirs); err != nil {
+		return fmt.Errorf("%w: peer's bitmap: %v", transport.ErrProtocol, err)
+	}
+	return <-sent
+}
+
+// teardown ends a session: writes the peer never confirmed become out-of-sync bits, and
+// waiting requests complete (the peer is no longer part of the replica set). A Primary
+// then starts a new generation, so the next handshake sees that it wrote without the peer.
+func (p *Peer) teardown(c *transport.Conn) {
+	v := p.v
+	p.pendMu.Lock()
+	wasReplicating := p.replicating && p.link == c
+	p.replicating, p.link = false, nil
+	entries := p.pending
+	p.pending = make(map[uint64]pendEntry)
+	waiters := p.waiters
+	p.waiters = make(map[uint64]chan transport.Reply)
+	p.pendCond.Broadcast()
+	p.pendMu.Unlock()
+	c.Close()
+
+	var b Batch
+	for _, e := range entries {
+		if e.kind == pendData {
+			p.bm.SetRange(e.off, e.n)
+		}
+		if e.req != nil {
+			e.req.eng.partDone(nil, &b)
+		}
+	}
+	b.Flush()
+	for _, w := range waiters {
+		w <- transport.Reply{OK: false, Reason: "connection lost"}
+	}
+	p.rs.end()
+
+	v.gate.Lock()
+	v.mu.Lock()
+	if wasReplicating && v.state.Role == Primary {
+		if err := v.newGenerationLocked(false); err != nil {
+			p.log.Error("cannot start a new generation", "err", err)
+		}
+	}
+	v.mu.Unlock()
+	v.gate.Unlock()
+}
+
+// inSyncLocked reports whether the peer receives our writes and has all our data.
+func (p *Peer) inSyncLocked() bool {
+	ps := p.v.state.Peer(p.cfg.NodeID)
+	return ps != nil && ps.Conn == Connected && ps.Repl == Established && ps.Disk == UpToDate
+}
+
+// keepalive pings the peer and declares it dead when it has been silent too long.
+func (p *Peer) keepalive(c *transport.Conn, stop chan struct{}) {
+	tick := time.NewTicker(min(p.cfg.PingInt, time.Second))
+	defer tick.Stop()
+	lastPing := time.Now()
+	for {
+		select {
+		case <-stop:
+			return
+		case now := <-tick.C:
+			silent := now.Sub(time.Unix(0, p.lastRecv.Load()))
+			p.pendMu.Lock()
+			busy := len(p.pending) > 0
+			p.pendMu.Unlock()
+			if silent > p.cfg.PingInt+p.cfg.Timeout || busy && silent > p.cfg.Timeout {
+				p.log.Warn("peer timed out", "silent", silent.Round(time.Millisecond))
+				c.Close()
+				return
+			}
+			if now.Sub(lastPing) >= p.cfg.PingInt || busy && silent > p.cfg.Timeout/2 {
+				p.queueCtl(transport.MsgPing, nil)
+				lastPing = now
+			}
+		}
+	}
+}
+
+// queueCtl sends a control message from any goroutine without blocking it on the link.
+func (p *Peer) queueCtl(t transport.MsgType, payload []byte) {
+	p.pendMu.Lock()
+	ch := p.ctl
+	live := p.link != nil
+	p.pendMu.Unlock()
+	if !live || ch == nil {
+		return
+	}
+	select {
+	case ch <- ctlMsg{t, payload}:
+	default:
+		p.log.Warn("control queue full, dropping connection")
+		p.dropLink("control queue overflow")
+	}
+}
+
+func (p *Peer) sendCtl(c *transport.Conn, stop chan struct{}) {
+	ch := p.ctl
+	for {
+		select {
+		case <-stop:
+			return
+		case m := <-ch:
+			if err := c.Send(m.t, m.payload, nil); err != nil {
+				c.Close()
+				return
+			}
+		}
+	}
+}
+
+// request sends a request by ID and waits for its reply.
+func (p *Peer) request(t transport.MsgType, encode func(id uint64) []byte, timeout time.Duration) (transport.Reply, error) {
+	p.pendMu.Lock()
+	if p.link == nil {
+		p.pendMu.Unlock()
+		return transport.Reply{}, errors.New("not connected")
+	}
+	p.nextID++
+	id := p.nextID
+	ch := make(chan transport.Reply, 1)
+	p.waiters[id] = ch
+	p.pendMu.Unlock()
+	p.queueCtl(t, encode(id))
+	select {
+	case r := <-ch:
+		return r, nil
+	case <-time.After(timeout):
+		p.pendMu.Lock()
+		delete(p.waiters, id)
+		p.pendMu.Unlock()
+		return transport.Reply{}, fmt.Errorf("no answer from %s within %s", p.cfg.Name, timeout)
+	}
+}
+
+func (p *Peer) deliverReply(r transport.Reply) bool {
+	p.pendMu.Lock()
+	ch, ok := p.waiters[r.ID]
+	delete(p.waiters, r.ID)
+	p.pendMu.Unlock()
+	if ok {
+		ch <- r
+	}
+	return ok
+}
+
+// askPromote is phase one of a promotion: a connected peer must not be Primary.
+func (p *Peer) askPromote() error {
+	p.v.mu.Lock()
+	ps := *p.v.state.Peer(p.cfg.NodeID)
+	p.v.mu.Unlock()
+	if ps.Conn != Connected {
+		return nil
+	}
+	if ps.Role == Primary {
+		return refuse(ErrPeerIsPrimary, "peer %s is Primary (only one Primary per resource)", p.cfg.Name)
+	}
+	r, err := p.request(transport.MsgPromoteReq, func(id uint64) []byte {
+		a := transport.Ack{ID: id}
+		b := make([]byte, transport.AckSize)
+		a.Put(b)
+		return b
+	}, 10*time.Second)
+	if err != nil {
+		return fmt.Errorf("cannot confirm with peer %s: %w", p.cfg.Name, err)
+	}
+	if !r.OK {
+		return refuse(ErrPeerIsPrimary, "peer %s refused: %s", p.cfg.Name, r.Reason)
+	}
+	return nil
+}
+
+// sendStateLocked tells the peer our role and disk state (v.mu held).
+func (p *Peer) sendStateLocked() {
+	s := transport.State{Role: uint8(p.v.state.Role), Disk: uint8(p.v.state.Disk)}
+	p.queueCtl(transport.MsgState, s.Encode())
+}
+
+func (p *Peer) sendNewUUID(cur, prev uint64) {
+	// NewUUID must precede the writes that follow it: send it on the data path.
+	p.pendMu.Lock()
+	c := p.link
+	p.pendMu.Unlock()
+	if c == nil {
+		return
+	}
+	g := transport.Generation{Current: cur, Prev: prev}
+	c.Send(transport.MsgNewUUID, g.Encode(), nil)
+}
+
+// startFullSyncAsSourceLocked asks a connected peer whose data is not ours to become
+// SyncTarget of a full resync (after a forced promotion).
+func (p *Peer) startFullSyncAsSourceLocked() {
+	ps := p.v.state.Peer(p.cfg.NodeID)
+	if ps.Conn != Connected || ps.Repl != Established || ps.Disk == UpToDate {
+		return
+	}
+	go p.syncRequest(true)
+}
+
+// requestFullSyncAsTargetLocked asks an UpToDate peer to resync everything to us.
+func (p *Peer) requestFullSyncAsTargetLocked() { go p.syncRequest(false) }
+
+func (p *Peer) syncRequest(senderIsSource bool) {
+	r, err := p.request(transport.MsgSyncRequest, func(id uint64) []byte {
+		s := transport.SyncRequest{ID: id, SenderIsSource: senderIsSource}
+		return s.Encode()
+	}, 30*time.Second)
+	if err != nil {
+		p.log.Warn("full resync request failed", "err", err)
+		return
+	}
+	if !r.OK {
+		p.log.Warn("peer refused a full resync", "reason", r.Reason)
+	}
+}
+
+// Status of one peer for status output.
+type PeerStatus struct {
+	PeerState
+	Protocol        Protocol
+	OutOfSyncBytes  int64
+	ResyncBytes     int64
+	SyncDonePercent float64
+	SyncETA         time.Duration // 0 if unknown
+	RateBytes       float64       // current resync rate, bytes/s
+}
+
+// Status returns the volume's state with per-peer figures.
+func (v *Volume) Status() (State, []PeerStatus) {
+	st := v.State()
+	var out []PeerStatus
+	for _, p := range v.peers {
+		ps := st.Peer(p.cfg.NodeID)
+		s := PeerStatus{PeerState: *ps, Protocol: p.cfg.Protocol,
+			OutOfSyncBytes: min(p.bm.Count()*BlockSize, v.size), ResyncBytes: p.rs.bytes.Load()}
+		syncing := ps.Repl.IsSyncSource() || ps.Repl.IsSyncTarget()
+		s.SyncDonePercent, s.SyncETA, s.RateBytes = p.rs.progress(p.bm.Count(), syncing)
+		out = append(out, s)
+	}
+	return st, out
+}

@@ -1,0 +1,571 @@
+package blockrep
+
+import (
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/blockrep/blockrep/transport"
+)
+
+// receive is a session's only reader. As the data-receiving side it applies writes and
+// resync data in stream order and acknowledges them (acks are batched and flushed when
+// the input drains); as the data-sending side it consumes acknowledgements. It never
+// blocks on sending a control message: those go through the session's ctl goroutine.
+func (p *Peer) receive(c *transport.Conn) error {
+	var b Batch
+	defer b.Flush()
+	fl := newPeerFlusher(p, c)
+	defer fl.stop()
+	for {
+		if !c.Buffered() {
+			b.Flush()
+			p.lastRecv.Store(time.Now().UnixNano())
+		}
+		t, payload, err := c.ReadMsg()
+		if err != nil {
+			return err
+		}
+		if err := p.handle(c, t, payload, &b, fl); err != nil {
+			if !errors.As(err, new(errGraceful)) {
+				p.log.Warn("closing connection", "reason", err)
+			}
+			return err
+		}
+	}
+}
+
+func (p *Peer) handle(c *transport.Conn, t transport.MsgType, payload []byte, b *Batch, fl *peerFlusher) error {
+	switch t {
+	case transport.MsgWrite, transport.MsgTrim, transport.MsgZero:
+		return p.applyData(c, t, payload, b)
+	case transport.MsgRSData:
+		return p.applyResync(c, payload, b)
+	case transport.MsgFlush:
+		a, err := transport.DecodeAck(payload)
+		if err != nil {
+			return err
+		}
+		fl.enqueue(a.ID)
+		return nil
+	case transport.MsgRecvAck, transport.MsgWriteAck, transport.MsgNegAck, transport.MsgFlushAck, transport.MsgRSAck:
+		return p.gotAck(t, payload, b)
+	case transport.MsgRSDone:
+		g, err := transport.DecodeGeneration(payload)
+		if err != nil {
+			return err
+		}
+		return p.resyncFinishedAsTarget(g.Current)
+	case transport.MsgNewUUID:
+		g, err := transport.DecodeGeneration(payload)
+		if err != nil {
+			return err
+		}
+		return p.adoptGeneration(g)
+	case transport.MsgState:
+		s, err := transport.DecodeState(payload)
+		if err != nil {
+			return err
+		}
+		return p.peerStateChanged(Role(s.Role), DiskState(s.Disk))
+	case transport.MsgPromoteReq:
+		a, err := transport.DecodeAck(payload)
+		if err != nil {
+			return err
+		}
+		p.answerPromote(a.ID)
+		return nil
+	case transport.MsgSyncRequest:
+		r, err := transport.DecodeSyncRequest(payload)
+		if err != nil {
+			return err
+		}
+		p.answerSyncRequest(c, r)
+		return nil
+	case transport.MsgPromoteReply, transport.MsgSyncReply:
+		r, err := transport.DecodeReply(payload)
+		if err != nil {
+			return err
+		}
+		if t == transport.MsgSyncReply && r.OK {
+			p.syncAccepted(c, r.ID)
+		}
+		if !p.deliverReply(r) {
+			p.log.Debug("reply to no request", "id", r.ID)
+		}
+		return nil
+	case transport.MsgPing:
+		p.queueCtl(transport.MsgPingAck, nil)
+		return nil
+	case transport.MsgPingAck:
+		return nil
+	case transport.MsgDisconnect:
+		d, err := transport.DecodeDisconnect(payload)
+		if err != nil {
+			return err
+		}
+		return errGraceful{d.Reason}
+	}
+	return fmt.Errorf("%w: unexpected message %s", transport.ErrProtocol, t)
+}
+
+// checkRange rejects data outside the device before anything is written.
+func (p *Peer) checkRange(off uint64, n uint32) error {
+	if off > uint64(p.v.size) || uint64(n) > uint64(p.v.size)-off {
+		return fmt.Errorf("%w: data at %d+%d beyond the end of the device (%d bytes)", transport.ErrProtocol, off, n, p.v.size)
+	}
+	return nil
+}
+
+func (p *Peer) applyData(c *transport.Conn, t transport.MsgType, payload []byte, b *Batch) error {
+	d, data, err := transport.DecodeData(payload, t == transport.MsgWrite)
+	if err != nil {
+		return err
+	}
+	if err := p.checkRange(d.Off, d.Len); err != nil {
+		return err
+	}
+	if p.v.primary.Load() {
+		return fmt.Errorf("%w: peer sent %s to a Primary", transport.ErrProtocol, t)
+	}
+	if p.cfg.Protocol == ProtocolB && d.Flags&transport.DataFUA == 0 {
+		p.ack(c, transport.MsgRecvAck, d.ID, 0, b)
+	}
+	off, n := int64(d.Off), int64(d.Len)
+	var flags ReqFlags
+	if d.Flags&transport.DataFUA != 0 {
+		flags |= FlagFUA
+	}
+	if d.Flags&transport.DataNoHole != 0 {
+		flags |= FlagNoHole
+	}
+	v := p.v
+	if v.cfg.ALUpdates {
+		err = v.al.Begin(off, n)
+	}
+	if err == nil {
+		switch t {
+		case transport.MsgWrite:
+			err = v.data.WriteAt(data, off, flags)
+		case transport.MsgTrim:
+			err = v.data.Trim(off, n)
+		case transport.MsgZero:
+			err = v.data.Zero(off, n, flags&FlagNoHole)
+		}
+		if err == nil && flags&FlagFUA != 0 && t != transport.MsgWrite {
+			err = v.data.Flush()
+		}
+		if v.cfg.ALUpdates {
+			v.al.End(off, n)
+		}
+	}
+	if err != nil {
+		p.log.Error("applying peer write failed", "offset", off, "length", n, "err", err)
+		p.ack(c, transport.MsgNegAck, d.ID, 1, b)
+		return nil
+	}
+	v.writtenBytes.Add(n)
+	p.bm.ClearRange(off, n)
+	p.ack(c, transport.MsgWriteAck, d.ID, 0, b)
+	return nil
+}
+
+func (p *Peer) applyResync(c *transport.Conn, payload []byte, b *Batch) error {
+	d, data, err := transport.DecodeData(payload, true)
+	if err != nil {
+		return err
+	}
+	if err := p.checkRange(d.Off, d.Len); err != nil {
+		return err
+	}
+	v := p.v
+	v.mu.Lock()
+	disk := v.state.Disk
+	v.mu.Unlock()
+	if disk != Inconsistent {
+		return fmt.Errorf("%w: resync data for a %s disk", transport.ErrProtocol, disk)
+	}
+	off, n := int64(d.Off), int64(d.Len)
+	if err := v.data.WriteAt(data, off, 0); err != nil {
+		p.log.Error("writing resync data failed", "offset", off, "err", err)
+		p.ack(c, transport.MsgNegAck, d.ID, 1, b)
+		return nil
+	}
+	p.bm.ClearRange(off, n)
+	p.rs.bytes.Add(n)
+	p.ack(c, transport.MsgRSAck, d.ID, 0, b)
+	return nil
+}
+
+func (p *Peer) ack(c *transport.Conn, t transport.MsgType, id uint64, code uint32, b *Batch) {
+	a := transport.Ack{ID: id, Code: code}
+	c.Lock()
+	c.WriteAckLocked(t, &a)
+	c.Unlock()
+	b.Add(c)
+}
+
+// gotAck matches an acknowledgement to what we sent.
+func (p *Peer) gotAck(t transport.MsgType, payload []byte, b *Batch) error {
+	a, err := transport.DecodeAck(payload)
+	if err != nil {
+		return err
+	}
+	p.pendMu.Lock()
+	e, ok := p.pending[a.ID]
+	if !ok {
+		p.pendMu.Unlock()
+		return fmt.Errorf("%w: %s for unknown id %d", transport.ErrProtocol, t, a.ID)
+	}
+	if t == transport.MsgRecvAck {
+		if e.kind != pendData {
+			p.pendMu.Unlock()
+			return fmt.Errorf("%w: RecvAck for a non-write", transport.ErrProtocol)
+		}
+		var req *Request
+		if e.waitRecv {
+			req = e.req
+			e.req, e.waitRecv = nil, false
+			p.pending[a.ID] = e
+		}
+		p.pendMu.Unlock()
+		if req != nil {
+			req.eng.partDone(nil, b)
+		}
+		return nil
+	}
+	wasFull := len(p.pending) >= p.maxPending
+	delete(p.pending, a.ID)
+	if wasFull {
+		p.pendCond.Broadcast()
+	}
+	p.pendMu.Unlock()
+
+	switch {
+	case t == transport.MsgNegAck:
+		if e.kind != pendFlush {
+			p.bm.SetRange(e.off, e.n)
+		}
+		if e.kind == pendRS {
+			p.rs.acked(e.n, false)
+		}
+		p.log.Warn("peer failed to write; blocks marked out of sync", "offset", e.off, "length", e.n)
+	case e.kind == pendData && t == transport.MsgWriteAck:
+		p.bm.ClearRange(e.off, e.n)
+	case e.kind == pendRS && t == transport.MsgRSAck:
+		p.bm.ClearRange(e.off, e.n)
+		p.rs.acked(e.n, true)
+	case e.kind == pendFlush && t == transport.MsgFlushAck:
+	default:
+		return fmt.Errorf("%w: %s does not answer that request", transport.ErrProtocol, t)
+	}
+	if e.req != nil {
+		e.req.eng.partDone(nil, b)
+	}
+	return nil
+}
+
+// submitData sends an application write to the peer, or records it in the bitmap when
+// the peer does not receive writes now. Called from Submit with the gate held shared.
+func (p *Peer) submitData(r *Request, b *Batch) {
+	p.pendMu.Lock()
+	for p.replicating && len(p.pending) >= p.maxPending {
+		p.pendCond.Wait()
+	}
+	if !p.replicating {
+		p.pendMu.Unlock()
+		p.bm.SetRange(r.Off, r.Len)
+		return
+	}
+	p.nextID++
+	id := p.nextID
+	e := pendEntry{kind: pendData, off: r.Off, n: r.Len}
+	if p.cfg.Protocol != ProtocolA {
+		e.req = r
+		e.waitRecv = p.cfg.Protocol == ProtocolB && r.Flags&FlagFUA == 0
+		r.eng.parts.Add(1)
+	}
+	p.pending[id] = e
+	c := p.link
+	p.pendMu.Unlock()
+
+	d := transport.Data{ID: id, Off: uint64(r.Off), Len: uint32(r.Len)}
+	if r.Flags&FlagFUA != 0 {
+		d.Flags |= transport.DataFUA
+	}
+	if r.Flags&FlagNoHole != 0 {
+		d.Flags |= transport.DataNoHole
+	}
+	var t transport.MsgType
+	var data []byte
+	switch r.Op {
+	case OpWrite:
+		t, data = transport.MsgWrite, r.Data
+	case OpTrim:
+		t = transport.MsgTrim
+	case OpZero:
+		t = transport.MsgZero
+	}
+	c.Lock()
+	c.WriteDataLocked(t, &d, data)
+	c.Unlock()
+	b.Add(c)
+}
+
+// submitFlush sends a flush to a protocol B/C peer; the request waits for its ack.
+func (p *Peer) submitFlush(r *Request) {
+	if p.cfg.Protocol == ProtocolA {
+		return
+	}
+	p.pendMu.Lock()
+	if !p.replicating {
+		p.pendMu.Unlock()
+		return
+	}
+	p.nextID++
+	id := p.nextID
+	p.pending[id] = pendEntry{kind: pendFlush, req: r}
+	r.eng.parts.Add(1)
+	c := p.link
+	p.pendMu.Unlock()
+	a := transport.Ack{ID: id}
+	c.Lock()
+	c.WriteAckLocked(transport.MsgFlush, &a)
+	c.FlushLocked()
+	c.Unlock()
+}
+
+// peerFlusher performs the peer side of FLUSH: one fdatasync covers every write applied
+// before the Flush arrived (the receiver applies in order), so flushes queue here while
+// the receiver goes on, and the ones that queue up during a sync share the next.
+type peerFlusher struct {
+	p     *Peer
+	c     *transport.Conn
+	mu    sync.Mutex
+	cond  sync.Cond
+	ids   []uint64
+	spare []uint64
+	quit  bool
+	done  chan struct{}
+}
+
+func newPeerFlusher(p *Peer, c *transport.Conn) *peerFlusher {
+	f := &peerFlusher{p: p, c: c, done: make(chan struct{})}
+	f.cond.L = &f.mu
+	go f.run()
+	return f
+}
+
+func (f *peerFlusher) enqueue(id uint64) {
+	f.mu.Lock()
+	f.ids = append(f.ids, id)
+	f.mu.Unlock()
+	f.cond.Signal()
+}
+
+func (f *peerFlusher) run() {
+	defer close(f.done)
+	for {
+		f.mu.Lock()
+		for len(f.ids) == 0 && !f.quit {
+			f.cond.Wait()
+		}
+		if f.quit {
+			f.mu.Unlock()
+			return
+		}
+		ids := f.ids
+		f.ids = f.spare[:0]
+		f.mu.Unlock()
+		t := transport.MsgFlushAck
+		if err := f.p.v.data.Flush(); err != nil {
+			f.p.log.Error("flush failed", "err", err)
+			t = transport.MsgNegAck
+		}
+		f.c.Lock()
+		for _, id := range ids {
+			a := transport.Ack{ID: id}
+			if t == transport.MsgNegAck {
+				a.Code = 1
+			}
+			f.c.WriteAckLocked(t, &a)
+		}
+		f.c.FlushLocked()
+		f.c.Unlock()
+		f.mu.Lock()
+		f.spare = ids[:0]
+		f.mu.Unlock()
+	}
+}
+
+func (f *peerFlusher) stop() {
+	f.mu.Lock()
+	f.quit = true
+	f.mu.Unlock()
+	f.cond.Signal()
+	<-f.done
+}
+
+// adoptGeneration follows the Primary to a new current generation when we hold the
+// generation it replaces (we have all its data).
+func (p *Peer) adoptGeneration(g transport.Generation) error {
+	v := p.v
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	sb := v.meta.Superblock()
+	if mask(sb.Current) != mask(g.Prev) || v.state.Disk != UpToDate {
+		p.log.Warn("not adopting the peer's new generation", "ours", fmt.Sprintf("%016X", sb.Current),
+			"their-previous", fmt.Sprintf("%016X", g.Prev), "disk", v.state.Disk)
+		return nil
+	}
+	return v.meta.Update(func(sb *Superblock) {
+		pushHistory(&sb.History, sb.Current)
+		sb.Current = g.Current
+	})
+}
+
+func (p *Peer) peerStateChanged(role Role, disk DiskState) error {
+	v := p.v
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if role == Primary && v.state.Role == Primary {
+		return fmt.Errorf("%w: peer became Primary while we are Primary", transport.ErrProtocol)
+	}
+	return v.changeLocked(func(s *State) {
+		sp := s.Peer(p.cfg.NodeID)
+		sp.Role, sp.Disk = role, disk
+	})
+}
+
+// answerPromote grants a peer's promotion unless we are (or are becoming) Primary; of two
+// concurrent promotions the lower node id wins.
+func (p *Peer) answerPromote(id uint64) {
+	v := p.v
+	v.mu.Lock()
+	r := transport.Reply{ID: id, OK: true}
+	switch {
+	case v.state.Role == Primary:
+		r.OK, r.Reason = false, fmt.Sprintf("%s is Primary", v.cfg.NodeName)
+	case v.promoting && v.cfg.NodeID < p.cfg.NodeID:
+		r.OK, r.Reason = false, fmt.Sprintf("%s is becoming Primary", v.cfg.NodeName)
+	default:
+		// Until it tells us otherwise, treat the peer as Primary so we do not promote too.
+		v.changeLocked(func(s *State) { s.Peer(p.cfg.NodeID).Role = Primary })
+	}
+	v.mu.Unlock()
+	p.queueCtl(transport.MsgPromoteReply, r.Encode())
+}
+
+// answerSyncRequest handles a peer's request for a full resync.
+func (p *Peer) answerSyncRequest(c *transport.Conn, req transport.SyncRequest) {
+	v := p.v
+	reply := transport.Reply{ID: req.ID, OK: true}
+	v.mu.Lock()
+	ps := v.state.Peer(p.cfg.NodeID)
+	switch {
+	case ps.Repl != Established:
+		reply.OK, reply.Reason = false, fmt.Sprintf("replication is %s", ps.Repl)
+	case req.SenderIsSource && v.state.Role == Primary:
+		reply.OK, reply.Reason = false, fmt.Sprintf("%s is Primary", v.cfg.NodeName)
+	case req.SenderIsSource:
+		// We become SyncTarget: persist Inconsistent before the first block can arrive.
+		p.bm.SetAll()
+		if err := v.markInconsistentLocked(false); err != nil {
+			reply.OK, reply.Reason = false, err.Error()
+			break
+		}
+		v.meta.WriteBitmaps()
+		v.changeLocked(func(s *State) {
+			sp := s.Peer(p.cfg.NodeID)
+			sp.Repl = SyncTarget
+		})
+		p.rs.begin(p.bm.Count())
+	case v.state.Disk != UpToDate:
+		reply.OK, reply.Reason = false, fmt.Sprintf("%s is %s", v.cfg.NodeName, v.state.Disk)
+	default:
+		// The peer invalidated itself: we become SyncSource of everything.
+		p.bm.SetAll()
+		v.meta.WriteBitmaps()
+		v.changeLocked(func(s *State) {
+			sp := s.Peer(p.cfg.NodeID)
+			sp.Repl, sp.Disk = SyncSource, Inconsistent
+		})
+	}
+	startSource := reply.OK && !req.SenderIsSource
+	v.mu.Unlock()
+	p.queueCtl(transport.MsgSyncReply, reply.Encode())
+	if startSource {
+		p.startResyncLater(c)
+	}
+}
+
+// syncAccepted runs in the receiver when the peer accepted our SyncRequest.
+func (p *Peer) syncAccepted(c *transport.Conn, id uint64) {
+	v := p.v
+	v.mu.Lock()
+	ps := v.state.Peer(p.cfg.NodeID)
+	if ps.Repl != Established {
+		v.mu.Unlock()
+		return
+	}
+	source := v.state.Disk == UpToDate
+	if source {
+		p.bm.SetAll()
+		v.meta.WriteBitmaps()
+	}
+	v.changeLocked(func(s *State) {
+		sp := s.Peer(p.cfg.NodeID)
+		if source {
+			sp.Repl, sp.Disk = SyncSource, Inconsistent
+		} else {
+			sp.Repl = SyncTarget
+		}
+	})
+	if !source {
+		p.rs.begin(p.bm.Count())
+	}
+	v.mu.Unlock()
+	if source {
+		p.startResyncLater(c)
+	}
+}
+
+// resyncFinishedAsTarget: every block arrived; take over the source's generation.
+func (p *Peer) resyncFinishedAsTarget(current uint64) error {
+	v := p.v
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	ps := v.state.Peer(p.cfg.NodeID)
+	if !ps.Repl.IsSyncTarget() {
+		return fmt.Errorf("%w: RSDone while %s", transport.ErrProtocol, ps.Repl)
+	}
+	p.bm.ClearAll()
+	if err := v.meta.WriteBitmaps(); err != nil {
+		return err
+	}
+	err := v.meta.Update(func(sb *Superblock) {
+		if mask(sb.Current) != mask(current) {
+			pushHistory(&sb.History, sb.Current)
+		}
+		sb.Current = current
+		sb.Peers[p.slot].BitmapUUID = 0
+		sb.Peers[p.slot].Flags &^= PeerResyncPending | PeerCrashedPrimary | PeerOutdated
+		sb.Flags |= MDConsistent | MDWasUpToDate
+		sb.Flags &^= MDOutdated
+	})
+	if err != nil {
+		return err
+	}
+	p.log.Info("resync done", "as", "SyncTarget", "bytes", p.rs.bytes.Load(), "took", p.rs.elapsed().Round(time.Millisecond))
+	p.rs.end()
+	if err := v.changeLocked(func(s *State) {
+		s.Disk = UpToDate
+		s.Peer(p.cfg.NodeID).Repl = Established
+	}); err != nil {
+		return err
+	}
+	s := transport.State{Role: uint8(v.state.Role), Disk: uint8(UpToDate)}
+	p.queueCtl(transport.MsgState, s.Encode())
+	return nil
+}

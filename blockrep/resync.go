@@ -1,0 +1,301 @@
+package blockrep
+
+import (
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/blockrep/blockrep/transport"
+)
+
+const resyncChunk = 1 << 20
+
+// resyncStats tracks one resync (either side) for status, and the source's window of
+// bytes in flight.
+type resyncStats struct {
+	mu       sync.Mutex
+	cond     sync.Cond
+	active   bool
+	total    int64 // blocks out of sync when it began (plus any added since)
+	start    time.Time
+	inflight int64
+	bytes    atomic.Int64 // moved by the current or last resync
+	finished time.Time
+}
+
+func (r *resyncStats) begin(blocks int64) {
+	r.mu.Lock()
+	r.active, r.total, r.start, r.inflight = true, blocks, time.Now(), 0
+	r.bytes.Store(0)
+	r.mu.Unlock()
+}
+
+func (r *resyncStats) end() {
+	r.mu.Lock()
+	if r.active {
+		r.active, r.finished = false, time.Now()
+	}
+	r.cond.Broadcast()
+	r.mu.Unlock()
+}
+
+func (r *resyncStats) elapsed() time.Duration {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.active {
+		return time.Since(r.start)
+	}
+	return r.finished.Sub(r.start)
+}
+
+func (r *resyncStats) addInflight(n int64) {
+	r.mu.Lock()
+	r.inflight += n
+	r.mu.Unlock()
+}
+
+func (r *resyncStats) acked(n int64, ok bool) {
+	if ok {
+		r.bytes.Add(n)
+	}
+	r.mu.Lock()
+	r.inflight -= n
+	r.cond.Broadcast()
+	r.mu.Unlock()
+}
+
+// waitBelow blocks until fewer than limit bytes are in flight; false if stopped.
+func (r *resyncStats) waitBelow(limit int64, stop chan struct{}) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for r.inflight > 0 && r.inflight+1 > limit {
+		select {
+		case <-stop:
+			return false
+		default:
+		}
+		r.cond.Wait()
+	}
+	select {
+	case <-stop:
+		return false
+	default:
+		return true
+	}
+}
+
+// progress returns done %, ETA and rate for status.
+func (r *resyncStats) progress(remaining int64, syncing bool) (float64, time.Duration, float64) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if !syncing || !r.active {
+		if syncing {
+			return 0, 0, 0
+		}
+		return 100, 0, 0
+	}
+	if remaining > r.total {
+		r.total = remaining
+	}
+	pct := 100.0
+	if r.total > 0 {
+		pct = 100 * float64(r.total-remaining) / float64(r.total)
+	}
+	el := time.Since(r.start).Seconds()
+	rate := 0.0
+	if el > 0 {
+		rate = float64(r.bytes.Load()) / el
+	}
+	var eta time.Duration
+	if rate > 0 {
+		eta = time.Duration(float64(remaining*BlockSize) / rate * float64(time.Second))
+	}
+	return pct, eta, rate
+}
+
+// rateLimiter is a token bucket: bytes/s with one second of burst. Rate 0 = unlimited.
+type rateLimiter struct {
+	rate   float64
+	tokens float64
+	last   time.Time
+}
+
+// delay reserves n bytes at now and returns how long to wait before sending them.
+func (l *rateLimiter) delay(now time.Time, n int64) time.Duration {
+	if l.rate <= 0 {
+		return 0
+	}
+	if l.last.IsZero() {
+		l.last, l.tokens = now, l.rate/10
+	}
+	l.tokens = min(l.tokens+now.Sub(l.last).Seconds()*l.rate, l.rate)
+	l.last = now
+	l.tokens -= float64(n)
+	if l.tokens >= 0 {
+		return 0
+	}
+	return time.Duration(-l.tokens / l.rate * float64(time.Second))
+}
+
+// resyncPace derives the limiter and in-flight window from the configuration: a fixed
+// rate (c-plan-ahead 0), or a window of c-fill-target capped at c-max-rate.
+func resyncPace(c ResyncConfig) (rateLimiter, int64) {
+	if c.PlanAhead == 0 {
+		rate := c.Rate
+		if rate <= 0 {
+			rate = 250 << 10
+		}
+		return rateLimiter{rate: float64(rate)}, max(min(rate/10, 8*resyncChunk), BlockSize)
+	}
+	return rateLimiter{rate: float64(c.MaxRate)}, max(c.FillTarget, 4*resyncChunk)
+}
+
+func (p *Peer) startResync(c *transport.Conn, stop chan struct{}, wg *sync.WaitGroup) {
+	p.pendMu.Lock()
+	p.sessStop, p.sessWG = stop, wg
+	p.pendMu.Unlock()
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		p.resyncLoop(c, stop)
+	}()
+}
+
+// startResyncLater starts a resync on the live session c (after a SyncRequest).
+func (p *Peer) startResyncLater(c *transport.Conn) {
+	p.pendMu.Lock()
+	stop, wg, live := p.sessStop, p.sessWG, p.link == c
+	p.pendMu.Unlock()
+	if !live || stop == nil {
+		return
+	}
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		p.resyncLoop(c, stop)
+	}()
+}
+
+// resyncLoop is the SyncSource: it sends every out-of-sync block, paced, and declares
+// the resync done once the bitmap is empty and everything was acknowledged. Each chunk
+// is read and queued while holding its range against application writes, so the two
+// reach the target in the order they happened here.
+func (p *Peer) resyncLoop(c *transport.Conn, stop chan struct{}) {
+	v := p.v
+	p.rs.begin(p.bm.Count())
+	p.log.Info("resync started", "as", "SyncSource", "out-of-sync-bytes", p.bm.Count()*BlockSize)
+	lim, window := resyncPace(p.cfg.Resync)
+	buf := make([]byte, resyncChunk)
+	token := new(int)
+	var cursor int64
+	lastApp := v.writtenBytes.Load()
+	lastCheck := time.Now()
+	for {
+		select {
+		case <-stop:
+			return
+		default:
+		}
+		blk := p.bm.NextSet(cursor)
+		if blk < 0 {
+			if !p.rs.waitBelow(1, stop) {
+				return
+			}
+			if p.bm.Count() == 0 {
+				p.resyncFinishedAsSource(c)
+				return
+			}
+			cursor = 0
+			continue
+		}
+		nblk := min(p.bm.NextClear(blk)-blk, resyncChunk/BlockSize)
+		off := blk * BlockSize
+		n := min(nblk*BlockSize, v.size-off)
+
+		// Yield to the application: while it writes, keep one chunk in flight.
+		w := window
+		if now := time.Now(); now.Sub(lastCheck) > 100*time.Millisecond {
+			app := v.writtenBytes.Load()
+			if app != lastApp && p.cfg.Resync.MinRate >= 0 {
+				w = resyncChunk
+			}
+			lastApp, lastCheck = app, now
+		}
+		if !p.rs.waitBelow(w, stop) {
+			return
+		}
+		if d := lim.delay(time.Now(), n); d > 0 {
+			t := time.NewTimer(d)
+			select {
+			case <-stop:
+				t.Stop()
+				return
+			case <-t.C:
+			}
+		}
+
+		v.conf.acquire(off, n, token)
+		err := v.data.ReadAt(buf[:n], off)
+		if err != nil {
+			v.conf.release(token)
+			p.log.Error("resync read failed", "offset", off, "err", err)
+			c.Close()
+			return
+		}
+		p.pendMu.Lock()
+		if p.link != c {
+			p.pendMu.Unlock()
+			v.conf.release(token)
+			return
+		}
+		p.nextID++
+		d := transport.Data{ID: p.nextID, Off: uint64(off), Len: uint32(n)}
+		p.pending[d.ID] = pendEntry{kind: pendRS, off: off, n: n}
+		p.pendMu.Unlock()
+		p.rs.addInflight(n)
+		c.Lock()
+		c.WriteDataLocked(transport.MsgRSData, &d, buf[:n])
+		c.FlushLocked()
+		c.Unlock()
+		v.conf.release(token)
+		cursor = blk + nblk
+	}
+}
+
+func (p *Peer) resyncFinishedAsSource(c *transport.Conn) {
+	v := p.v
+	v.mu.Lock()
+	ps := v.state.Peer(p.cfg.NodeID)
+	p.pendMu.Lock()
+	live := p.link == c
+	p.pendMu.Unlock()
+	if !live || !ps.Repl.IsSyncSource() {
+		v.mu.Unlock()
+		return
+	}
+	err := v.meta.Update(func(sb *Superblock) {
+		pushHistory(&sb.History, sb.Peers[p.slot].BitmapUUID)
+		sb.Peers[p.slot].BitmapUUID = 0
+		sb.Peers[p.slot].Flags &^= PeerResyncPending | PeerCrashedPrimary | PeerOutdated
+	})
+	if err == nil {
+		err = v.meta.WriteBitmaps()
+	}
+	cur := v.meta.Superblock().Current
+	if err == nil {
+		err = v.changeLocked(func(s *State) {
+			sp := s.Peer(p.cfg.NodeID)
+			sp.Repl, sp.Disk = Established, UpToDate
+		})
+	}
+	v.mu.Unlock()
+	if err != nil {
+		p.log.Error("cannot finish resync", "err", err)
+		c.Close()
+		return
+	}
+	p.log.Info("resync done", "as", "SyncSource", "bytes", p.rs.bytes.Load(), "took", p.rs.elapsed().Round(time.Millisecond))
+	p.rs.end()
+	g := transport.Generation{Current: cur}
+	c.Send(transport.MsgRSDone, g.Encode(), nil)
+}

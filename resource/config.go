@@ -1,0 +1,394 @@
+package resource
+
+import (
+	"fmt"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/blockrep/blockrep/blockrep"
+)
+
+// Pos is a position in a configuration file.
+type Pos struct {
+	File string
+	Line int
+}
+
+func (p Pos) String() string { return p.File + ":" + strconv.Itoa(p.Line) }
+
+// Warning reports something accepted but without effect, such as a DRBD
+// option blockrep ignores.
+type Warning struct {
+	Pos Pos
+	Msg string
+}
+
+func (w Warning) String() string { return w.Pos.String() + ": " + w.Msg }
+
+// Error is a configuration error at a position. Load and Parse return it for
+// every problem found in a file's content (use errors.As); I/O errors of the
+// files Load lists itself are returned as they are.
+type Error struct {
+	Pos Pos
+	Msg string
+}
+
+func (e *Error) Error() string { return e.Pos.String() + ": " + e.Msg }
+
+func errorf(p Pos, format string, args ...any) error {
+	return &Error{Pos: p, Msg: fmt.Sprintf(format, args...)}
+}
+
+// Config is everything read from a configuration directory or file.
+type Config struct {
+	Resources []*Resource // in file order
+	Warnings  []Warning   // accepted-and-ignored DRBD options etc.
+}
+
+// Resource returns the resource called name.
+func (c *Config) Resource(name string) (*Resource, error) {
+	for _, r := range c.Resources {
+		if r.Name == name {
+			return r, nil
+		}
+	}
+	if len(c.Resources) == 0 {
+		return nil, fmt.Errorf("unknown resource %q (no resources defined)", name)
+	}
+	return nil, fmt.Errorf("unknown resource %q (defined: %s)", name, strings.Join(c.Names(), ", "))
+}
+
+// Names returns the resource names in file order.
+func (c *Config) Names() []string {
+	names := make([]string, len(c.Resources))
+	for i, r := range c.Resources {
+		names[i] = r.Name
+	}
+	return names
+}
+
+// Resource is one replicated volume as every node sees it.
+type Resource struct {
+	Name     string
+	Pos      Pos
+	Hosts    []*Host // "on" sections, file order
+	Options  Options
+	Disk     DiskOptions
+	Net      NetOptions        // resource-level (common merged in), defaults applied
+	Handlers map[string]string // handler name -> command
+	Startup  map[string]string // startup options kept verbatim ("" for a bare flag)
+	// Conns are explicit connection / connection-mesh sections expanded to
+	// pairs, or the implicit full mesh when there are none.
+	Conns []*Connection
+}
+
+// Host returns the "on node" section.
+func (r *Resource) Host(node string) (*Host, error) {
+	for _, h := range r.Hosts {
+		if h.Name == node {
+			return h, nil
+		}
+	}
+	names := make([]string, len(r.Hosts))
+	for i, h := range r.Hosts {
+		names[i] = h.Name
+	}
+	return nil, fmt.Errorf("resource %s has no \"on %s\" section (hosts: %s)", r.Name, node, strings.Join(names, ", "))
+}
+
+// Peers returns every connection that involves node, seen from node, in
+// connection order.
+func (r *Resource) Peers(node string) ([]*Peer, error) {
+	if _, err := r.Host(node); err != nil {
+		return nil, err
+	}
+	var peers []*Peer
+	for _, c := range r.Conns {
+		switch node {
+		case c.A.Name:
+			peers = append(peers, &Peer{Host: c.B, LocalAddress: c.AddrA, PeerAddress: c.AddrB, Net: c.Net, Disk: c.Disk, Pos: c.Pos})
+		case c.B.Name:
+			peers = append(peers, &Peer{Host: c.A, LocalAddress: c.AddrB, PeerAddress: c.AddrA, Net: c.Net, Disk: c.Disk, Pos: c.Pos})
+		}
+	}
+	return peers, nil
+}
+
+// Host is one node's "on" section, with resource-level volume settings
+// merged in.
+type Host struct {
+	Name          string
+	Pos           Pos
+	NodeID        int
+	Address       string // "IP:PORT" (IPv6 as "[::1]:7789"); "" if none
+	Disk          string // backing path; "none" = diskless
+	MetaDisk      string // "internal" (the default) or a path
+	MetaIndex     int    // -1 = internal or flexible external; DRBD "meta-disk /dev/x [N]" index otherwise
+	Device        string // "/dev/drbd0", "minor 0", "/dev/drbd0 minor 0" or "/dev/nbd0"; "" if unset
+	Export        string // blockrep extension: TCP address "IP:PORT" for the NBD export; "" if unset
+	InitiatorName string // blockrep extension (future iSCSI): initiator IQN; "" if unset
+}
+
+// Connection is one pair of hosts that replicate to each other.
+type Connection struct {
+	Pos          Pos // of the connection, connection-mesh or (implicit mesh) resource section
+	A, B         *Host
+	AddrA, AddrB string
+	Net          NetOptions  // effective: common < resource net < connection(-mesh) net
+	Disk         DiskOptions // resource disk options with this connection's peer-device options applied
+}
+
+// Peer is a connection seen from one of its hosts.
+type Peer struct {
+	Host         *Host // the peer
+	LocalAddress string
+	PeerAddress  string
+	Net          NetOptions  // effective: common < resource net < connection(-mesh) net
+	Disk         DiskOptions // effective peer-device options (resync-rate, c-*)
+	Pos          Pos
+}
+
+// NetOptions are a connection's options. Durations and sizes are converted
+// from DRBD's units.
+type NetOptions struct {
+	Protocol          blockrep.Protocol
+	SharedSecret      string
+	CramHMACAlg       string        // "" or sha1|sha256|sha512
+	Timeout           time.Duration // DRBD unit 0.1 s, default 6 s
+	PingInt           time.Duration // default 10 s
+	PingTimeout       time.Duration // DRBD unit 0.1 s, default 500 ms
+	ConnectInt        time.Duration // default 10 s
+	KoCount           int           // default 7
+	MaxBuffers        int           // default 2048
+	SndBufSize        int64         // bytes, 0 = auto
+	RcvBufSize        int64         // bytes, 0 = auto
+	AfterSB0Pri       string        // default "disconnect"
+	AfterSB1Pri       string        // default "disconnect"
+	AfterSB2Pri       string        // default "disconnect"
+	AlwaysASBP        bool
+	RRConflict        string // default "disconnect"
+	OnCongestion      string // block (default) | pull-ahead
+	CongestionFill    int64  // bytes (DRBD unit sectors), 0 = off
+	CongestionExtents int    // default 1237
+	Fencing           string // dont-care (default) | resource-only | resource-and-stonith
+	CsumsAlg          string // "" = off
+	VerifyAlg         string
+	DataIntegrityAlg  string
+	Compression       string // blockrep extension: none (default) | zstd | s2
+	AllowTwoPrimaries bool   // always false: "yes" is rejected
+}
+
+// DiskOptions are a resource's disk options; the resync controller ones
+// (resync-rate, c-*) may be overridden per connection.
+type DiskOptions struct {
+	OnIOError    string        // detach (default) | pass_on | call-local-io-error
+	ALExtents    int           // default 1237, 67..65534
+	ALUpdates    bool          // default true
+	DiskFlushes  bool          // default true
+	MDFlushes    bool          // default true
+	ResyncRate   int64         // bytes/s; DRBD unit KiB/s, default 250 KiB/s
+	CPlanAhead   time.Duration // DRBD unit 0.1 s, default 2 s; 0 = fixed resync-rate
+	CFillTarget  int64         // bytes; DRBD unit sectors, default 100 sectors
+	CDelayTarget time.Duration // DRBD unit 0.1 s, default 1 s
+	CMaxRate     int64         // bytes/s; DRBD unit KiB/s, default 100 MiB/s
+	CMinRate     int64         // bytes/s; DRBD unit KiB/s, default 250 KiB/s
+	DiskTimeout  time.Duration // DRBD unit 0.1 s, default 0 = off
+	Reservation  string        // blockrep extension for shared storage: "" | write-exclusive | write-exclusive-registrants-only | exclusive-access
+}
+
+// Options are a resource's "options" section.
+type Options struct {
+	Quorum                  string // off (default) | majority | all | N
+	QuorumMinimumRedundancy string // off (default) | majority | all | N
+	OnNoQuorum              string // suspend-io (default) | io-error
+	OnNoDataAccessible      string // io-error (default) | suspend-io
+	AutoPromote             bool   // default true
+	Storage                 string // blockrep extension: replicated (default) | shared
+}
+
+// DefaultNetOptions returns DRBD's defaults (drbd_limits.h).
+func DefaultNetOptions() NetOptions {
+	return NetOptions{
+		Protocol:          blockrep.ProtocolC,
+		Timeout:           6 * time.Second,
+		PingInt:           10 * time.Second,
+		PingTimeout:       500 * time.Millisecond,
+		ConnectInt:        10 * time.Second,
+		KoCount:           7,
+		MaxBuffers:        2048,
+		AfterSB0Pri:       "disconnect",
+		AfterSB1Pri:       "disconnect",
+		AfterSB2Pri:       "disconnect",
+		RRConflict:        "disconnect",
+		OnCongestion:      "block",
+		CongestionExtents: 1237,
+		Fencing:           "dont-care",
+		Compression:       "none",
+	}
+}
+
+// DefaultDiskOptions returns DRBD's defaults (drbd_limits.h).
+func DefaultDiskOptions() DiskOptions {
+	return DiskOptions{
+		OnIOError:    "detach",
+		ALExtents:    1237,
+		ALUpdates:    true,
+		DiskFlushes:  true,
+		MDFlushes:    true,
+		ResyncRate:   250 << 10,
+		CPlanAhead:   2 * time.Second,
+		CFillTarget:  100 * 512,
+		CDelayTarget: time.Second,
+		CMaxRate:     102400 << 10,
+		CMinRate:     250 << 10,
+	}
+}
+
+// DefaultOptions returns DRBD's defaults plus blockrep's storage default.
+func DefaultOptions() Options {
+	return Options{
+		Quorum:                  "off",
+		QuorumMinimumRedundancy: "off",
+		OnNoQuorum:              "suspend-io",
+		OnNoDataAccessible:      "io-error",
+		AutoPromote:             true,
+		Storage:                 "replicated",
+	}
+}
+
+// section identifies where a statement sits, for the tables and messages.
+type section uint8
+
+const (
+	secTop section = 1 << iota
+	secGlobal
+	secOptions
+	secNet
+	secDisk
+	secPeerDisk // a connection's disk section: peer-device options only
+)
+
+func (s section) String() string {
+	switch s {
+	case secTop:
+		return "top level"
+	case secGlobal:
+		return "global section"
+	case secOptions:
+		return "options section"
+	case secNet:
+		return "net section"
+	case secDisk:
+		return "disk section"
+	case secPeerDisk:
+		return "connection disk section"
+	}
+	return "section"
+}
+
+type ignoredOption struct {
+	name  string
+	in    section
+	check func(s *stmt) error // the value must still be valid DRBD
+}
+
+// ignoredOptions is the one list of DRBD options that blockrep accepts, so
+// existing .res files keep loading, but that have no effect. Each use yields
+// a Warning. Everything not here and not implemented is an error: a typo must
+// never silently change behaviour.
+var ignoredOptions = []ignoredOption{
+	{"require-drbd-module-version-eq", secTop, anyValue},
+	{"require-drbd-module-version-ne", secTop, anyValue},
+	{"require-drbd-module-version-gt", secTop, anyValue},
+	{"require-drbd-module-version-ge", secTop, anyValue},
+	{"require-drbd-module-version-lt", secTop, anyValue},
+	{"require-drbd-module-version-le", secTop, anyValue},
+
+	{"usage-count", secGlobal, oneOf("yes", "no", "ask")},
+	{"udev-always-use-vnr", secGlobal, flagValue},
+	{"disable-ip-verification", secGlobal, flagValue},
+	{"dialog-refresh", secGlobal, anyValue},
+	{"minor-count", secGlobal, anyValue},
+
+	{"cpu-mask", secOptions, anyValue},
+	{"twopc-timeout", secOptions, anyValue},
+	{"twopc-retry-timeout", secOptions, anyValue},
+	{"peer-ack-window", secOptions, anyValue},
+	{"peer-ack-delay", secOptions, anyValue},
+	{"max-io-depth", secOptions, anyValue},
+	{"auto-promote-timeout", secOptions, anyValue},
+	{"on-suspended-primary-outdated", secOptions, oneOf("disconnect", "force-secondary")},
+
+	{"transport", secNet, oneOf("tcp")},
+	{"tls", secNet, oneOf("no")},
+	{"load-balance-paths", secNet, flagValue},
+	{"max-epoch-size", secNet, anyValue},
+	{"tcp-cork", secNet, flagValue},
+	{"use-rle", secNet, flagValue},
+	{"sock-check-timeo", secNet, anyValue},
+	{"csums-after-crash-only", secNet, flagValue},
+
+	{"disk-barrier", secDisk, flagValue},
+	{"disk-drain", secDisk, flagValue},
+	{"read-balancing", secDisk, anyValue},
+	{"rs-discard-granularity", secDisk, anyValue},
+	{"discard-zeroes-if-aligned", secDisk, flagValue},
+	{"disable-write-same", secDisk, flagValue},
+	{"block-size", secDisk, anyValue},
+	{"resync-after", secDisk, anyValue},
+	{"bitmap", secDisk | secPeerDisk, flagValue},
+	{"peer-tiebreaker", secDisk | secPeerDisk, flagValue},
+}
+
+// IgnoredOptions returns the names of the DRBD options blockrep accepts and
+// ignores, sorted, so documentation can be checked against the code.
+func IgnoredOptions() []string {
+	names := make([]string, len(ignoredOptions))
+	for i, o := range ignoredOptions {
+		names[i] = o.name
+	}
+	sort.Strings(names)
+	return names
+}
+
+func findIgnored(in section, name string) *ignoredOption {
+	for i := range ignoredOptions {
+		if o := &ignoredOptions[i]; o.name == name && o.in&in != 0 {
+			return o
+		}
+	}
+	return nil
+}
+
+// ignore checks an ignored option's value and records the warning.
+func ignore(o *ignoredOption, s *stmt, warn func(Pos, string)) error {
+	if err := o.check(s); err != nil {
+		return err
+	}
+	if warn != nil {
+		warn(s.pos, fmt.Sprintf("DRBD option %q is accepted and ignored by blockrep", s.name))
+	}
+	return nil
+}
+
+func anyValue(s *stmt) error {
+	_, err := oneArg(s)
+	return err
+}
+
+func flagValue(s *stmt) error {
+	_, err := parseBool(s)
+	return err
+}
+
+func oneOf(values ...string) func(*stmt) error {
+	return func(s *stmt) error {
+		v, err := oneArg(s)
+		if err != nil {
+			return err
+		}
+		return checkEnum(s, v, values)
+	}
+}

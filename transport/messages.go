@@ -13,23 +13,23 @@ const (
 	MsgHelloAck
 	MsgAuth
 	MsgAuthResult
-	MsgHandshake   // Handshake: both sides, once per connection
-	MsgBitmap      // Bitmap chunk: RLE bitmap for the receiver's slot
-	MsgSyncReady   // empty: the sender is ready for data (target persisted Inconsistent)
-	MsgWrite       // Data + payload
-	MsgTrim        // Data
-	MsgZero        // Data
-	MsgFlush       // Ack (ID only)
-	MsgRecvAck     // Ack: protocol B, received
-	MsgWriteAck    // Ack: written
-	MsgFlushAck    // Ack: flushed
-	MsgNegAck      // Ack with Code: the peer failed to write
-	MsgRSData      // Data + payload: resync block(s)
-	MsgRSAck       // Ack
-	MsgRSDone      // Generation: resync complete, the source's current generation
-	MsgNewUUID     // Generation: the Primary started a new current generation
-	MsgState       // State: role/disk changed
-	MsgPromoteReq  // Ack (ID): may I become Primary?
+	MsgHandshake  // Handshake: both sides, once per connection
+	MsgBitmap     // Bitmap chunk: RLE bitmap for the receiver's slot
+	MsgSyncReady  // empty: the sender is ready for data (target persisted Inconsistent)
+	MsgWrite      // Data + payload
+	MsgTrim       // Data
+	MsgZero       // Data
+	MsgFlush      // Ack (ID only)
+	MsgRecvAck    // Ack: protocol B, received
+	MsgWriteAck   // Ack: written
+	MsgFlushAck   // Ack: flushed
+	MsgNegAck     // Ack with Code: the peer failed to write
+	MsgRSData     // Data + payload: resync block(s)
+	MsgRSAck      // Ack
+	MsgRSDone     // Generation: resync complete, the source's current generation
+	MsgNewUUID    // Generation: the Primary started a new current generation
+	MsgState      // State: role/disk changed
+	MsgPromoteReq // Ack (ID): may I become Primary?
 	MsgPromoteReply
 	MsgSyncRequest // SyncRequest: start a full resync (invalidate, forced primary)
 	MsgSyncReply   // PromoteReply-shaped: accepted or refused with a reason

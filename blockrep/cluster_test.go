@@ -272,3 +272,271 @@ func TestFreshResourceNeedsForcedPrimaryThenFullSync(t *testing.T) {
 		t.Fatal("replicas differ after a protocol C write")
 	}
 }
+
+// upToDatePair returns a connected, synced two-node cluster with node 0 Primary.
+func upToDatePair(t *testing.T, size int64, proto Protocol) (a, b *testNode) {
+	t.Helper()
+	n := testCluster(t, 2, size, proto)
+	a, b = n[0], n[1]
+	for _, nd := range n {
+		nd.v.Connect(-1, false)
+	}
+	waitFor(t, "connected", func() bool { return connected(a, b) })
+	if err := a.v.Promote(true); err != nil {
+		t.Fatal(err)
+	}
+	waitSynced(t, a, b)
+	return a, b
+}
+
+func TestDisconnectedWritesResyncOnlyDirtyBlocks(t *testing.T) {
+	a, b := upToDatePair(t, 64<<20, ProtocolC)
+	if err := b.v.Disconnect(-1); err != nil {
+		t.Fatal(err)
+	}
+	if d := b.v.State().Disk; d != Outdated {
+		t.Fatalf("Secondary after a deliberate disconnect from its Primary: %s, want Outdated", d)
+	}
+	if err := b.v.Promote(false); !errors.Is(err, ErrNotUpToDate) {
+		t.Fatalf("promoting an Outdated node without force: %v, want refusal", err)
+	}
+	write(t, a.v, 16<<20, randBytes(8<<20))
+	_, ps := a.v.Status()
+	if ps[0].OutOfSyncBytes != 8<<20 {
+		t.Fatalf("out of sync after 8 MiB written disconnected: %d", ps[0].OutOfSyncBytes)
+	}
+	b.v.Connect(-1, false)
+	waitSynced(t, a, b)
+	_, ps = a.v.Status()
+	if got := ps[0].ResyncBytes; got < 8<<20 || got > 8<<20*105/100 {
+		t.Fatalf("resync moved %d bytes, want 8 MiB (+5%%)", got)
+	}
+	if ps[0].OutOfSyncBytes != 0 {
+		t.Fatalf("out of sync after resync: %d", ps[0].OutOfSyncBytes)
+	}
+	if dataSum(t, a) != dataSum(t, b) {
+		t.Fatal("replicas differ after resync")
+	}
+}
+
+func TestSplitBrainIsDetectedAndResolvedByDiscardMyData(t *testing.T) {
+	a, b := upToDatePair(t, 32<<20, ProtocolC)
+	a.v.Disconnect(-1)
+	b.v.Disconnect(-1)
+	write(t, a.v, 0, randBytes(1<<20))
+	if err := b.v.Promote(true); err != nil {
+		t.Fatal(err)
+	}
+	write(t, b.v, 4<<20, randBytes(1<<20))
+	a.v.Connect(-1, false)
+	b.v.Connect(-1, false)
+	waitFor(t, "split brain on both sides", func() bool {
+		return a.peer(1).SplitBrain && b.peer(0).SplitBrain
+	})
+	if a.peer(1).Conn != StandAlone || b.peer(0).Conn != StandAlone {
+		t.Fatalf("after split brain: %s/%s, want StandAlone on both", a.peer(1).Conn, b.peer(0).Conn)
+	}
+	if err := b.v.Demote(); err != nil {
+		t.Fatal(err)
+	}
+	b.v.Connect(-1, true)
+	a.v.Connect(-1, false)
+	waitSynced(t, a, b)
+	if dataSum(t, a) != dataSum(t, b) {
+		t.Fatal("victim's data differs from the survivor's after resolution")
+	}
+	_, ps := a.v.Status()
+	if ps[0].ResyncBytes > 2<<20*105/100 {
+		t.Errorf("resolution moved %d bytes; both sides' 1 MiB of changes should suffice", ps[0].ResyncBytes)
+	}
+}
+
+func TestPromoteRefusedWhileConnectedPeerIsPrimary(t *testing.T) {
+	_, b := upToDatePair(t, 8<<20, ProtocolC)
+	err := b.v.Promote(false)
+	if !errors.Is(err, ErrPeerIsPrimary) {
+		t.Fatalf("promote with a Primary peer: %v, want ErrPeerIsPrimary", err)
+	}
+	if err := b.v.Promote(true); !errors.Is(err, ErrPeerIsPrimary) {
+		t.Fatalf("forced promote with a Primary peer: %v, want ErrPeerIsPrimary", err)
+	}
+}
+
+func TestConcurrentOverlappingWritesLandIdenticallyOnReplicas(t *testing.T) {
+	for _, proto := range []Protocol{ProtocolA, ProtocolB, ProtocolC} {
+		t.Run("protocol "+proto.String(), func(t *testing.T) {
+			a, b := upToDatePair(t, 8<<20, proto)
+			var wg sync.WaitGroup
+			for g := 0; g < 16; g++ {
+				wg.Add(1)
+				go func(g int) {
+					defer wg.Done()
+					for i := 0; i < 200; i++ {
+						// A 1 MiB hot zone with unaligned, overlapping writes.
+						off := int64((g*7919 + i*104729) % (1 << 20))
+						n := 512 + (g*i)%40000
+						if err := submit(t, a.v, OpWrite, off, bytes.Repeat([]byte{byte(g), byte(i)}, n/2), 0, 0); err != nil {
+							t.Error(err)
+							return
+						}
+					}
+				}(g)
+			}
+			wg.Wait()
+			if err := submit(t, a.v, OpFlush, 0, nil, 0, 0); err != nil {
+				t.Fatal(err)
+			}
+			waitFor(t, "peer caught up", func() bool {
+				a.v.peers[0].pendMu.Lock()
+				defer a.v.peers[0].pendMu.Unlock()
+				return len(a.v.peers[0].pending) == 0
+			})
+			if dataSum(t, a) != dataSum(t, b) {
+				t.Fatal("replicas differ after concurrent overlapping writes")
+			}
+		})
+	}
+}
+
+func TestTrimAndZeroReplicateAsSuch(t *testing.T) {
+	a, b := upToDatePair(t, 8<<20, ProtocolC)
+	write(t, a.v, 0, bytes.Repeat([]byte{0xAB}, 2<<20))
+	if err := submit(t, a.v, OpTrim, 0, nil, 1<<20, 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := submit(t, a.v, OpZero, 1<<20, nil, 4096, FlagNoHole); err != nil {
+		t.Fatal(err)
+	}
+	if dataSum(t, a) != dataSum(t, b) {
+		t.Fatal("replicas differ after trim and zero")
+	}
+	buf := make([]byte, 4096)
+	if err := b.v.data.ReadAt(buf, 512<<10); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(buf, make([]byte, 4096)) {
+		t.Fatal("trimmed range does not read back as zeroes on the peer")
+	}
+}
+
+func TestPrimaryCrashLosesNoAcknowledgedWrite(t *testing.T) {
+	a, b := upToDatePair(t, 32<<20, ProtocolC)
+	type acked struct {
+		off int64
+		sum [32]byte
+	}
+	var mu sync.Mutex
+	done := map[int64][32]byte{}
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	av := a.v
+	for g := 0; g < 8; g++ {
+		wg.Add(1)
+		go func(g int) {
+			defer wg.Done()
+			for i := 0; ; i++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				off := int64(g*512+i%512) * 4096
+				data := randBytes(4096)
+				c := make(syncCompleter, 1)
+				r := &Request{Op: OpWrite, Off: off, Data: data, Len: 4096, Owner: c}
+				var bt Batch
+				av.Submit(r, &bt)
+				bt.Flush()
+				if err := <-c; err != nil {
+					return // the primary is gone
+				}
+				mu.Lock()
+				done[off] = sha256.Sum256(data)
+				mu.Unlock()
+			}
+		}(g)
+	}
+	time.Sleep(300 * time.Millisecond)
+	a.crash()
+	close(stop)
+	wg.Wait()
+	waitFor(t, "survivor noticed", func() bool { return b.peer(0).Conn != Connected })
+	if err := b.v.Promote(false); err != nil {
+		t.Fatalf("promoting the UpToDate survivor: %v", err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(done) < 100 {
+		t.Fatalf("only %d writes acknowledged before the crash", len(done))
+	}
+	buf := make([]byte, 4096)
+	for off, sum := range done {
+		if err := b.v.ReadAt(buf, off); err != nil {
+			t.Fatal(err)
+		}
+		if sha256.Sum256(buf) != sum {
+			t.Fatalf("acknowledged write at %d missing on the promoted survivor", off)
+		}
+	}
+}
+
+func TestCrashedPrimaryReturnsAndResyncsOnlyItsActivityLog(t *testing.T) {
+	a, b := upToDatePair(t, 64<<20, ProtocolC)
+	write(t, a.v, 40<<20, randBytes(1<<20))
+	a.crash()
+	waitFor(t, "survivor noticed", func() bool { return b.peer(0).Conn != Connected })
+	a.restart()
+	if f := a.v.meta.Superblock().Peers[0].Flags; f&PeerCrashedPrimary == 0 {
+		t.Fatalf("restarted crashed primary's peer slot flags %b lack PeerCrashedPrimary", f)
+	}
+	a.v.Connect(-1, false)
+	waitSynced(t, a, b)
+	_, ps := a.v.Status()
+	if got := ps[0].ResyncBytes; got == 0 || got > 8*ALExtentSize {
+		t.Fatalf("crash recovery resynced %d bytes; want the few hot 4 MiB extents", got)
+	}
+	if dataSum(t, a) != dataSum(t, b) {
+		t.Fatal("replicas differ after crash recovery")
+	}
+}
+
+func TestCleanRestartNeedsNoResync(t *testing.T) {
+	a, b := upToDatePair(t, 16<<20, ProtocolC)
+	write(t, a.v, 0, randBytes(1<<20))
+	if err := a.v.Demote(); err != nil {
+		t.Fatal(err)
+	}
+	a.stop()
+	b.stop()
+	a.restart()
+	b.restart()
+	for _, nd := range []*testNode{a, b} {
+		if d := nd.v.State().Disk; d != UpToDate {
+			t.Fatalf("%s after a clean restart: %s, want UpToDate", nd.cfg.NodeName, d)
+		}
+		nd.v.Connect(-1, false)
+	}
+	waitSynced(t, a, b)
+	_, ps := a.v.Status()
+	if ps[0].ResyncBytes != 0 || ps[0].Repl != Established {
+		t.Fatalf("clean restart resynced %d bytes (%s)", ps[0].ResyncBytes, ps[0].Repl)
+	}
+}
+
+func TestInvalidateResyncsEverythingFromThePeer(t *testing.T) {
+	a, b := upToDatePair(t, 16<<20, ProtocolC)
+	// Corrupt the Secondary's disk behind blockrep's back, then invalidate it.
+	f, err := os.OpenFile(b.cfg.Disk, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.WriteAt(randBytes(4096), 5<<20)
+	f.Close()
+	if err := b.v.Invalidate(); err != nil {
+		t.Fatal(err)
+	}
+	waitSynced(t, a, b)
+	if dataSum(t, a) != dataSum(t, b) {
+		t.Fatal("invalidated replica differs after its full resync")
+	}
+}

@@ -67,6 +67,7 @@ type pendEntry struct {
 type ctlMsg struct {
 	t       transport.MsgType
 	payload []byte
+	sent    chan struct{} // closed once sent, if non-nil
 }
 
 // errGraceful is a connection closed on purpose by one side.
@@ -222,7 +223,14 @@ func (p *Peer) closeGracefully(reason string) {
 	p.v.mu.Lock()
 	p.noteGracefulLocked()
 	p.v.mu.Unlock()
-	c.Send(transport.MsgDisconnect, m.Encode(), nil)
+	// Through the control queue, so that state updates queued before arrive first.
+	sent := make(chan struct{})
+	if p.queueCtlMsg(ctlMsg{t: transport.MsgDisconnect, payload: m.Encode(), sent: sent}) {
+		select {
+		case <-sent:
+		case <-time.After(2 * time.Second):
+		}
+	}
 	c.Close()
 }
 
@@ -714,6 +722,11 @@ func (p *Peer) teardown(c *transport.Conn) {
 
 	v.gate.Lock()
 	v.mu.Lock()
+	v.changeLocked(func(s *State) {
+		if sp := s.Peer(p.cfg.NodeID); sp.Conn == Connected {
+			sp.Conn = Connecting
+		}
+	})
 	if wasReplicating && v.state.Role == Primary {
 		if err := v.newGenerationLocked(false); err != nil {
 			p.log.Error("cannot start a new generation", "err", err)
@@ -758,18 +771,24 @@ func (p *Peer) keepalive(c *transport.Conn, stop chan struct{}) {
 
 // queueCtl sends a control message from any goroutine without blocking it on the link.
 func (p *Peer) queueCtl(t transport.MsgType, payload []byte) {
+	p.queueCtlMsg(ctlMsg{t: t, payload: payload})
+}
+
+func (p *Peer) queueCtlMsg(m ctlMsg) bool {
 	p.pendMu.Lock()
 	ch := p.ctl
 	live := p.link != nil
 	p.pendMu.Unlock()
 	if !live || ch == nil {
-		return
+		return false
 	}
 	select {
-	case ch <- ctlMsg{t, payload}:
+	case ch <- m:
+		return true
 	default:
 		p.log.Warn("control queue full, dropping connection")
 		p.dropLink("control queue overflow")
+		return false
 	}
 }
 
@@ -780,7 +799,11 @@ func (p *Peer) sendCtl(c *transport.Conn, stop chan struct{}) {
 		case <-stop:
 			return
 		case m := <-ch:
-			if err := c.Send(m.t, m.payload, nil); err != nil {
+			err := c.Send(m.t, m.payload, nil)
+			if m.sent != nil {
+				close(m.sent)
+			}
+			if err != nil {
 				c.Close()
 				return
 			}

@@ -225,9 +225,13 @@ func (p *Peer) closeGracefully(reason string) {
 	p.v.mu.Unlock()
 	// Through the control queue, so that state updates queued before arrive first.
 	sent := make(chan struct{})
+	p.pendMu.Lock()
+	ended := p.sessStop
+	p.pendMu.Unlock()
 	if p.queueCtlMsg(ctlMsg{t: transport.MsgDisconnect, payload: m.Encode(), sent: sent}) {
 		select {
 		case <-sent:
+		case <-ended:
 		case <-time.After(2 * time.Second):
 		}
 	}
@@ -320,7 +324,12 @@ func (p *Peer) run() {
 			sp := s.Peer(p.cfg.NodeID)
 			sp.Conn = Connecting
 			if !p.want {
-				sp.Conn, sp.Reason, sp.SplitBrain = StandAlone, reason, splitBrain
+				sp.Conn, sp.SplitBrain = StandAlone, splitBrain
+				if standalone {
+					sp.Reason = reason
+				} else {
+					sp.Reason = "" // the operator disconnected: nothing to explain
+				}
 			}
 		})
 		p.v.mu.Unlock()

@@ -1,0 +1,240 @@
+// Package adm is blockrepadm, the drbdadm-like command line: it parses the .res files
+// itself where no daemon is needed (dump, create-md) and sends every other verb to the
+// local blockrepd over its control socket.
+package adm
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/blockrep/blockrep/resource"
+	"github.com/blockrep/blockrep/resource/control"
+)
+
+// Main runs blockrepadm with args and returns the exit code.
+func Main(args []string, stdout, stderr io.Writer) int {
+	code := 0
+	app := &cli.App{
+		Name:      "blockrepadm",
+		Usage:     "administer blockrep resources (like drbdadm)",
+		UsageText: "blockrepadm [--config DIR] [--node NAME] [--run-dir DIR] VERB [flags] RESOURCE|all",
+		Writer:    stdout,
+		ErrWriter: stderr,
+		Flags: []cli.Flag{
+			&cli.StringFlag{Name: "config", Value: control.DefaultConfigDir, Usage: "directory of .res files"},
+			&cli.StringFlag{Name: "node", Value: control.DefaultNode(), Usage: "this node's name (its \"on\" section)"},
+			&cli.StringFlag{Name: "run-dir", Value: control.DefaultRunDir, Usage: "blockrepd's run directory (control socket, exports)"},
+		},
+		HideHelpCommand: true,
+		CommandNotFound: func(c *cli.Context, verb string) {
+			fmt.Fprintf(stderr, "blockrepadm: unknown verb %q (see blockrepadm --help)\n", verb)
+			code = control.CodeUsage
+		},
+		OnUsageError: func(c *cli.Context, err error, _ bool) error {
+			return usageError(err.Error())
+		},
+		ExitErrHandler: func(*cli.Context, error) {},
+		Commands:       commands(),
+	}
+	if err := app.Run(append([]string{"blockrepadm"}, args...)); err != nil {
+		fmt.Fprintf(stderr, "blockrepadm: %s\n", oneLine(err.Error()))
+		return exitCode(err)
+	}
+	return code
+}
+
+type usageError string
+
+func (u usageError) Error() string { return string(u) }
+
+func exitCode(err error) int {
+	var ce *control.Error
+	var ue usageError
+	var re *resource.Error
+	switch {
+	case errors.As(err, &ce):
+		return ce.Code
+	case errors.As(err, &ue):
+		return control.CodeUsage
+	case errors.As(err, &re):
+		return control.CodeConfig
+	}
+	return control.CodeOther
+}
+
+func oneLine(s string) string { return strings.ReplaceAll(strings.TrimSpace(s), "\n", "; ") }
+
+func resourceArg(c *cli.Context) (string, error) {
+	switch c.NArg() {
+	case 1:
+		return c.Args().First(), nil
+	case 0:
+		return "", usageError(fmt.Sprintf("%s needs a resource name or \"all\"", c.Command.Name))
+	}
+	return "", usageError(fmt.Sprintf("%s takes one resource, got %q", c.Command.Name, strings.Join(c.Args().Slice(), " ")))
+}
+
+func client(c *cli.Context) *control.Client { return control.NewClient(c.String("run-dir")) }
+
+// daemonVerb sends a verb with its flags to the daemon.
+func daemonVerb(name, usage string, flags ...cli.Flag) *cli.Command {
+	return &cli.Command{
+		Name: name, Usage: usage, ArgsUsage: "RESOURCE|all", Flags: flags,
+		Action: func(c *cli.Context) error {
+			res, err := resourceArg(c)
+			if err != nil {
+				return err
+			}
+			req := control.Request{Verb: name, Resource: res}
+			if c.IsSet("force") {
+				req.Force = c.Bool("force")
+			}
+			if c.IsSet("discard-my-data") {
+				req.DiscardMyData = c.Bool("discard-my-data")
+			}
+			_, err = client(c).Do(req)
+			return err
+		},
+	}
+}
+
+func reserved(name string) *cli.Command {
+	return &cli.Command{
+		Name: name, Usage: "(not implemented yet)", ArgsUsage: "RESOURCE|all", SkipFlagParsing: true,
+		Action: func(c *cli.Context) error {
+			return &control.Error{Msg: fmt.Sprintf("%s is not implemented in this version of blockrep", name), Code: control.CodeOther}
+		},
+	}
+}
+
+func commands() []*cli.Command {
+	force := &cli.BoolFlag{Name: "force", Usage: "override the safety check (see docs)"}
+	return []*cli.Command{
+		{
+			Name: "create-md", Usage: "write fresh metadata on this node's backing disk", ArgsUsage: "RESOURCE|all",
+			Flags: []cli.Flag{
+				&cli.IntFlag{Name: "max-peers", Usage: "peer slots to reserve (default: peers configured)"},
+				&cli.BoolFlag{Name: "force", Usage: "overwrite existing blockrep metadata"},
+			},
+			Action: createMD,
+		},
+		daemonVerb("up", "attach the disk, listen for and connect to peers"),
+		daemonVerb("down", "demote, disconnect and detach", force),
+		daemonVerb("attach", "attach the backing disk"),
+		daemonVerb("detach", "detach the backing disk (Secondary only)"),
+		daemonVerb("connect", "connect to the peers", &cli.BoolFlag{Name: "discard-my-data", Usage: "become the split-brain victim: resync from the peer"}),
+		daemonVerb("disconnect", "disconnect from the peers (StandAlone)"),
+		daemonVerb("primary", "promote this node", &cli.BoolFlag{Name: "force", Usage: "declare local data UpToDate (fresh resources, lost peers)"}),
+		daemonVerb("secondary", "demote this node", &cli.BoolFlag{Name: "force", Usage: "drop NBD clients that still hold the export"}),
+		daemonVerb("invalidate", "discard local data and resync it all from a peer"),
+		{
+			Name: "status", Usage: "show resource state", ArgsUsage: "[RESOURCE|all]",
+			Flags: []cli.Flag{&cli.BoolFlag{Name: "json", Usage: "machine-readable output"}},
+			Action: status,
+		},
+		{
+			Name: "dump", Usage: "print the normalized configuration", ArgsUsage: "RESOURCE|all",
+			Action: dump,
+		},
+		reserved("verify"), reserved("pause-sync"), reserved("resume-sync"), reserved("adjust"),
+		reserved("events"), reserved("invalidate-remote"),
+	}
+}
+
+func status(c *cli.Context) error {
+	res := "all"
+	if c.NArg() > 1 {
+		return usageError("status takes at most one resource")
+	}
+	if c.NArg() == 1 {
+		res = c.Args().First()
+	}
+	resp, err := client(c).Do(control.Request{Verb: "status", Resource: res})
+	if err != nil {
+		return err
+	}
+	if c.Bool("json") {
+		enc := json.NewEncoder(c.App.Writer)
+		enc.SetIndent("", "  ")
+		return enc.Encode(resp.Status)
+	}
+	control.FormatStatus(c.App.Writer, resp.Status)
+	return nil
+}
+
+func resourcesOf(c *cli.Context) (*resource.Config, []string, error) {
+	name, err := resourceArg(c)
+	if err != nil {
+		return nil, nil, err
+	}
+	cfg, err := resource.Load(c.String("config"))
+	if err != nil {
+		return nil, nil, err
+	}
+	if name == "all" {
+		return cfg, cfg.Names(), nil
+	}
+	if _, err := cfg.Resource(name); err != nil {
+		return nil, nil, err
+	}
+	return cfg, []string{name}, nil
+}
+
+func dump(c *cli.Context) error {
+	cfg, names, err := resourcesOf(c)
+	if err != nil {
+		return err
+	}
+	for _, w := range cfg.Warnings {
+		fmt.Fprintf(c.App.ErrWriter, "blockrepadm: warning: %s\n", w)
+	}
+	for i, n := range names {
+		if i > 0 {
+			fmt.Fprintln(c.App.Writer)
+		}
+		r, _ := cfg.Resource(n)
+		if err := r.Dump(c.App.Writer); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func createMD(c *cli.Context) error {
+	cfg, names, err := resourcesOf(c)
+	if err != nil {
+		return err
+	}
+	node := c.String("node")
+	// Never under a running resource: its metadata is live.
+	if resp, err := client(c).Do(control.Request{Verb: "status", Resource: "all"}); err == nil {
+		for _, r := range resp.Status.Resources {
+			for _, n := range names {
+				if r.Name == n {
+					return &control.Error{Msg: fmt.Sprintf("%s is up; run blockrepadm down %s first", n, n), Code: control.CodeState}
+				}
+			}
+		}
+	}
+	for _, n := range names {
+		r, _ := cfg.Resource(n)
+		if _, err := r.Host(node); err != nil {
+			if len(names) > 1 {
+				continue
+			}
+			return err
+		}
+		geo, err := resource.CreateMD(c.String("config"), node, n, c.Int("max-peers"), c.Bool("force"))
+		if err != nil {
+			return fmt.Errorf("%s: %w", n, err)
+		}
+		fmt.Fprintf(c.App.Writer, "%s: metadata created (%d bytes of data, %d peer slots); data is Inconsistent until a first primary --force\n",
+			n, geo.DataSize, geo.MaxPeers)
+	}
+	return nil
+}

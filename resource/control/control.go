@@ -1,0 +1,157 @@
+// Package control is the blockrepd control protocol and its client, shared by
+// blockrepadm, pgagent and tests: one JSON request and one JSON response per connection
+// over the daemon's root-only unix socket.
+package control
+
+import (
+	"bufio"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"time"
+)
+
+// Defaults, defined once for every program.
+const (
+	DefaultConfigDir = "/etc/blockrep"
+	DefaultRunDir    = "/run/blockrep"
+	SocketName       = "blockrepd.sock"
+)
+
+// DefaultNode is this machine's node name: its hostname.
+func DefaultNode() string {
+	h, err := os.Hostname()
+	if err != nil {
+		return "localhost"
+	}
+	return h
+}
+
+// SocketPath is the control socket in a run directory.
+func SocketPath(runDir string) string { return filepath.Join(runDir, SocketName) }
+
+// ExportPath is the NBD unix socket of a resource's export.
+func ExportPath(runDir, resource string) string { return filepath.Join(runDir, resource+".nbd") }
+
+// Request is one command for the daemon.
+type Request struct {
+	Verb     string `json:"verb"`
+	Resource string `json:"resource"` // a name or "all"
+	// Flags of the verb.
+	Force         bool `json:"force,omitempty"`
+	DiscardMyData bool `json:"discard_my_data,omitempty"`
+}
+
+// Exit codes, after drbdsetup's where it has one.
+const (
+	CodeUsage       = 1
+	CodeConfig      = 10 // configuration error
+	CodeState       = 11 // state change refused
+	CodeNotUpToDate = 17 // no UpToDate data
+	CodeOther       = 20
+)
+
+// Response is the daemon's answer. Error is one line for the operator.
+type Response struct {
+	OK     bool    `json:"ok"`
+	Error  string  `json:"error,omitempty"`
+	Code   int     `json:"code,omitempty"`
+	Status *Status `json:"status,omitempty"`
+}
+
+// Status is the stable machine-readable status (status --json).
+type Status struct {
+	Resources []ResourceStatus `json:"resources"`
+}
+
+// ResourceStatus is one resource on this node.
+type ResourceStatus struct {
+	Name      string       `json:"name"`
+	NodeID    int          `json:"node_id"`
+	Role      string       `json:"role"`
+	Disk      string       `json:"disk"`
+	SizeBytes int64        `json:"size_bytes"`
+	Clients   int          `json:"export_clients"`
+	Peers     []PeerStatus `json:"peers"`
+}
+
+// PeerStatus is one connection of a resource.
+type PeerStatus struct {
+	Node            string  `json:"node"`
+	NodeID          int     `json:"node_id"`
+	Connection      string  `json:"connection"`
+	Replication     string  `json:"replication"`
+	PeerDisk        string  `json:"peer_disk"`
+	PeerRole        string  `json:"peer_role"`
+	Protocol        string  `json:"protocol"`
+	OutOfSyncBytes  int64   `json:"out_of_sync_bytes"`
+	SyncDonePercent float64 `json:"sync_done_percent"`
+	ResyncBytes     int64   `json:"resync_bytes"`
+	SyncETASeconds  float64 `json:"sync_eta_seconds,omitempty"`
+	SplitBrain      bool    `json:"split_brain,omitempty"`
+	Reason          string  `json:"reason,omitempty"`
+}
+
+// Error is a failed request as the client sees it.
+type Error struct {
+	Msg  string
+	Code int
+}
+
+func (e *Error) Error() string { return e.Msg }
+
+// ErrNoDaemon means nothing answers on the control socket.
+var ErrNoDaemon = errors.New("blockrepd is not running")
+
+// Client talks to one daemon.
+type Client struct {
+	Socket  string
+	Timeout time.Duration // per request; 0 = 2 minutes (promotions may wait for peers)
+}
+
+// NewClient returns a client for the daemon of a run directory.
+func NewClient(runDir string) *Client { return &Client{Socket: SocketPath(runDir)} }
+
+// Do sends one request and returns the response; a daemon-side failure is an *Error.
+func (c *Client) Do(req Request) (*Response, error) {
+	conn, err := net.DialTimeout("unix", c.Socket, 5*time.Second)
+	if err != nil {
+		return nil, fmt.Errorf("%w (%s: %v)", ErrNoDaemon, c.Socket, unwrapSyscall(err))
+	}
+	defer conn.Close()
+	t := c.Timeout
+	if t == 0 {
+		t = 2 * time.Minute
+	}
+	conn.SetDeadline(time.Now().Add(t))
+	if err := json.NewEncoder(conn).Encode(req); err != nil {
+		return nil, err
+	}
+	var resp Response
+	if err := json.NewDecoder(bufio.NewReader(conn)).Decode(&resp); err != nil {
+		return nil, fmt.Errorf("reading the daemon's answer: %w", err)
+	}
+	if !resp.OK {
+		code := resp.Code
+		if code == 0 {
+			code = CodeOther
+		}
+		return &resp, &Error{Msg: resp.Error, Code: code}
+	}
+	return &resp, nil
+}
+
+func unwrapSyscall(err error) error {
+	var op *net.OpError
+	if errors.As(err, &op) && op.Err != nil {
+		var se *os.SyscallError
+		if errors.As(op.Err, &se) {
+			return se.Err
+		}
+		return op.Err
+	}
+	return err
+}

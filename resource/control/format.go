@@ -1,0 +1,54 @@
+package control
+
+import (
+	"fmt"
+	"io"
+	"strings"
+	"time"
+)
+
+// FormatStatus renders status like drbdadm status: the resource and its role, the local
+// disk, then each peer with its role (or connection state when not connected) and, when
+// not Established, the replication state with done:% and an ETA during a resync.
+func FormatStatus(w io.Writer, st *Status) {
+	for i, r := range st.Resources {
+		if i > 0 {
+			fmt.Fprintln(w)
+		}
+		fmt.Fprintf(w, "%s role:%s\n", r.Name, r.Role)
+		fmt.Fprintf(w, "  disk:%s\n", r.Disk)
+		for _, p := range r.Peers {
+			if p.Connection != "Connected" {
+				line := fmt.Sprintf("  %s connection:%s", p.Node, p.Connection)
+				if p.SplitBrain {
+					line += " split-brain"
+				} else if p.Reason != "" && p.Connection == "StandAlone" {
+					line += fmt.Sprintf(" (%s)", p.Reason)
+				}
+				fmt.Fprintln(w, line)
+				if p.OutOfSyncBytes > 0 {
+					fmt.Fprintf(w, "    out-of-sync:%s\n", kib(p.OutOfSyncBytes))
+				}
+				continue
+			}
+			fmt.Fprintf(w, "  %s role:%s\n", p.Node, p.PeerRole)
+			var f []string
+			if p.Replication != "Established" {
+				f = append(f, "replication:"+p.Replication)
+			}
+			f = append(f, "peer-disk:"+p.PeerDisk)
+			if strings.Contains(p.Replication, "Sync") {
+				f = append(f, fmt.Sprintf("done:%.1f%%", p.SyncDonePercent))
+				if p.SyncETASeconds > 0 {
+					f = append(f, "eta:"+time.Duration(p.SyncETASeconds*float64(time.Second)).Round(time.Second).String())
+				}
+			}
+			if p.OutOfSyncBytes > 0 && !strings.Contains(p.Replication, "Sync") {
+				f = append(f, "out-of-sync:"+kib(p.OutOfSyncBytes))
+			}
+			fmt.Fprintf(w, "    %s\n", strings.Join(f, " "))
+		}
+	}
+}
+
+func kib(b int64) string { return fmt.Sprintf("%dKiB", b>>10) }

@@ -1,0 +1,44 @@
+package resource
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os/signal"
+	"syscall"
+
+	"github.com/blockrep/blockrep/resource/control"
+)
+
+// DaemonMain is blockrepd's command line; it returns the exit code.
+func DaemonMain(args []string, stderr io.Writer) int {
+	fs := flag.NewFlagSet("blockrepd", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	d := &Daemon{}
+	fs.StringVar(&d.ConfigDir, "config", control.DefaultConfigDir, "directory of .res files")
+	fs.StringVar(&d.Node, "node", control.DefaultNode(), "this node's name (its \"on\" section)")
+	fs.StringVar(&d.RunDir, "run-dir", control.DefaultRunDir, "run directory (control socket, NBD exports)")
+	level := fs.String("log-level", "info", "debug|info|warn|error")
+	if err := fs.Parse(args); err != nil {
+		return 1
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "blockrepd: unexpected argument %q\n", fs.Arg(0))
+		return 1
+	}
+	var lv slog.Level
+	if err := lv.UnmarshalText([]byte(*level)); err != nil {
+		fmt.Fprintf(stderr, "blockrepd: bad --log-level %q\n", *level)
+		return 1
+	}
+	d.Log = slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: lv})).With("node", d.Node)
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	if err := d.Run(ctx); err != nil {
+		fmt.Fprintf(stderr, "blockrepd: %v\n", err)
+		return 1
+	}
+	return 0
+}

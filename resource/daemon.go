@@ -30,8 +30,8 @@ type Daemon struct {
 	cmdMu sync.Mutex // serializes operator commands
 	mu    sync.Mutex // guards res and every running.vol (held briefly)
 	res   map[string]*running
-	ctl  net.Listener
-	done chan struct{}
+	ctl   net.Listener
+	done  chan struct{}
 }
 
 // running is one resource that is up.
@@ -607,4 +607,3 @@ func CreateMD(configDir, node, name string, maxPeers int, force bool) (blockrep.
 	}
 	return blockrep.CreateMD(vcfg, maxPeers, force)
 }
-

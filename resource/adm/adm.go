@@ -134,7 +134,7 @@ func commands() []*cli.Command {
 		daemonVerb("invalidate", "discard local data and resync it all from a peer"),
 		{
 			Name: "status", Usage: "show resource state", ArgsUsage: "[RESOURCE|all]",
-			Flags: []cli.Flag{&cli.BoolFlag{Name: "json", Usage: "machine-readable output"}},
+			Flags:  []cli.Flag{&cli.BoolFlag{Name: "json", Usage: "machine-readable output"}},
 			Action: status,
 		},
 		{

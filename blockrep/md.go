@@ -112,6 +112,7 @@ const (
 	MDOutdated                        // data is known to be older than a peer's
 	MDPrimaryInd                      // node is (or was, at a crash) Primary
 	MDUnclean                         // attached and possibly writing: a crash leaves this set
+	MDNoAL                            // attached with al-updates no: a crash dirties everything
 )
 
 // PeerFlags are per peer-slot metadata flags.

@@ -281,13 +281,21 @@ func (v *Volume) recover(hot []uint32) error {
 	sb := v.meta.Superblock()
 	if sb.Flags&MDUnclean != 0 {
 		wasPrimary := sb.Flags&MDPrimaryInd != 0
+		noAL := sb.Flags&MDNoAL != 0
 		for i := 0; i < sb.MaxPeers; i++ {
+			if noAL {
+				v.meta.Bitmap(i).SetAll()
+				continue
+			}
 			for _, e := range hot {
 				off := int64(e) << alExtentShift
 				if off < v.size {
 					v.meta.Bitmap(i).SetRange(off, min(ALExtentSize, v.size-off))
 				}
 			}
+		}
+		if noAL {
+			hot = []uint32{0} // anything non-empty: the slots need a resync
 		}
 		if err := v.meta.WriteBitmaps(); err != nil {
 			return err
@@ -307,9 +315,16 @@ func (v *Volume) recover(hot []uint32) error {
 			return err
 		}
 		v.log.Warn("recovered from an unclean shutdown: activity-log extents marked out of sync",
-			"extents", len(hot), "was-primary", wasPrimary)
+			"extents", len(hot), "was-primary", wasPrimary, "al-updates", !noAL)
 	}
-	return v.meta.Update(func(sb *Superblock) { sb.Flags |= MDUnclean })
+	return v.meta.Update(func(sb *Superblock) {
+		sb.Flags |= MDUnclean
+		if v.cfg.ALUpdates {
+			sb.Flags &^= MDNoAL
+		} else {
+			sb.Flags |= MDNoAL
+		}
+	})
 }
 
 // Close detaches the disk cleanly: the volume must be Secondary and disconnected.

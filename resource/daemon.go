@@ -349,6 +349,9 @@ func (d *Daemon) up(name string) (*running, error) {
 	if err != nil {
 		return nil, err
 	}
+	for _, o := range res.NotHonoured(d.Node) {
+		log.Warn("option accepted but not honoured by this version: " + o)
+	}
 	for _, p := range vcfg.Peers {
 		if p.Secret == "" {
 			log.Warn("no shared-secret: peers of this resource are not authenticated", "peer", p.Name)

@@ -1,0 +1,71 @@
+package resource
+
+import (
+	"fmt"
+	"slices"
+)
+
+// NotHonoured lists the options of r that are set for node to something this version
+// of blockrep parses and validates but does not act on yet (the docs list them). The
+// daemon logs each at up, so nobody believes e.g. fencing is active when it is not.
+func (r *Resource) NotHonoured(node string) []string {
+	var out []string
+	add := func(format string, a ...any) {
+		if s := fmt.Sprintf(format, a...); !slices.Contains(out, s) {
+			out = append(out, s)
+		}
+	}
+	if r.Options.Quorum != "" && r.Options.Quorum != "off" {
+		add("quorum %s (quorum is not implemented yet)", r.Options.Quorum)
+	}
+	for name := range r.Handlers {
+		add("handler %s (handlers are not run yet)", name)
+	}
+	for name := range r.Startup {
+		add("startup option %s", name)
+	}
+	dd := DefaultDiskOptions()
+	if !r.Disk.DiskFlushes || !r.Disk.MDFlushes {
+		add("disk-flushes/md-flushes no (blockrep always flushes)")
+	}
+	if r.Disk.DiskTimeout != dd.DiskTimeout {
+		add("disk-timeout")
+	}
+	if r.Disk.CDelayTarget != dd.CDelayTarget {
+		add("c-delay-target")
+	}
+	peers, _ := r.Peers(node)
+	dn := DefaultNetOptions()
+	for _, p := range peers {
+		n := p.Net
+		if n.Fencing != dn.Fencing {
+			add("fencing %s (fencing is not implemented yet)", n.Fencing)
+		}
+		for _, alg := range []struct{ name, v string }{{"csums-alg", n.CsumsAlg}, {"verify-alg", n.VerifyAlg}, {"data-integrity-alg", n.DataIntegrityAlg}} {
+			if alg.v != "" {
+				add("%s %s", alg.name, alg.v)
+			}
+		}
+		if n.Compression != "" && n.Compression != "none" {
+			add("compression %s", n.Compression)
+		}
+		if n.OnCongestion != dn.OnCongestion || n.CongestionFill != 0 || n.CongestionExtents != dn.CongestionExtents {
+			add("on-congestion/congestion-fill/congestion-extents (writes always block when the send buffer is full)")
+		}
+		if n.SndBufSize != 0 || n.RcvBufSize != 0 {
+			add("sndbuf-size/rcvbuf-size")
+		}
+		if n.KoCount != dn.KoCount || n.PingTimeout != dn.PingTimeout {
+			add("ko-count/ping-timeout (a peer silent for timeout with writes pending, or for ping-int + timeout, is dropped)")
+		}
+		switch n.RRConflict {
+		case "disconnect", "violently":
+		default:
+			add("rr-conflict %s (behaves as disconnect)", n.RRConflict)
+		}
+		if n.AfterSB1Pri == "call-pri-lost-after-sb" || n.AfterSB2Pri == "call-pri-lost-after-sb" {
+			add("call-pri-lost-after-sb (behaves as disconnect)")
+		}
+	}
+	return out
+}

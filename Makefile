@@ -10,7 +10,7 @@ build:
 	$(GO) build -o $(BIN)/ ./cmd/...
 
 # Debian packages the tests drive (real NBD clients, fio, qemu tools, filesystems).
-APT_PKGS := libnbd-bin nbdkit fio qemu-utils nbd-server python3-libnbd e2fsprogs xfsprogs iproute2 iptables
+APT_PKGS := libnbd-bin nbdfuse nbdkit fio qemu-utils nbd-server python3-libnbd e2fsprogs xfsprogs iproute2 iptables util-linux
 deps:
 	@scripts/ensure-packages.sh $(APT_PKGS)
 

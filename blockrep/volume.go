@@ -752,3 +752,14 @@ func (v *Volume) markOutdatedLocked() error {
 	}
 	return v.changeLocked(func(s *State) { s.Disk = Outdated })
 }
+
+// Extents reports holes of the local backing file (block status for NBD clients).
+func (v *Volume) Extents(off, n int64, fn func(off, n int64, hole bool) bool) error {
+	if !v.primary.Load() {
+		return ErrNotPrimary
+	}
+	if err := CheckRange(off, n, v.size); err != nil {
+		return err
+	}
+	return v.dev.Extents(off, n, fn)
+}

@@ -20,6 +20,9 @@ type Config struct {
 	ALUpdates bool
 	Peers     []PeerConfig
 	Logger    *slog.Logger
+	// OpenDevice opens the backing and metadata devices; nil opens files and block
+	// devices through the page cache (OpenFile). Tests use it to inject faults.
+	OpenDevice func(path string) (Device, error)
 }
 
 // PeerConfig is one connection of the volume.
@@ -60,8 +63,8 @@ func (c *Config) metaInternal() bool { return c.MetaDisk == "" || c.MetaDisk == 
 type Volume struct {
 	cfg  Config
 	log  *slog.Logger
-	dev  *FileDevice // backing device (internal metadata lives at its end)
-	mdev *FileDevice // metadata device; == dev for internal metadata
+	dev  Device // backing device (internal metadata lives at its end)
+	mdev Device // metadata device; == dev for internal metadata
 	data Device      // the data region of dev
 	meta *Meta
 	al   *ActivityLog
@@ -97,12 +100,19 @@ func (d dataRegion) Size() int64 { return d.size }
 
 // OpenMetaDevice opens the backing and metadata devices of cfg and locates the
 // metadata, without loading it.
-func openDevices(cfg *Config) (dev, mdev *FileDevice, geo Geometry, sb *Superblock, err error) {
-	dev, err = OpenFile(cfg.Disk, 0, false)
+func (c *Config) open(path string) (Device, error) {
+	if c.OpenDevice != nil {
+		return c.OpenDevice(path)
+	}
+	return OpenFile(path, 0, false)
+}
+
+func openDevices(cfg *Config) (dev, mdev Device, geo Geometry, sb *Superblock, err error) {
+	dev, err = cfg.open(cfg.Disk)
 	if err != nil {
 		return nil, nil, Geometry{}, nil, fmt.Errorf("backing disk: %w", err)
 	}
-	fail := func(e error) (*FileDevice, *FileDevice, Geometry, *Superblock, error) {
+	fail := func(e error) (Device, Device, Geometry, *Superblock, error) {
 		dev.Close()
 		if mdev != nil && mdev != dev {
 			mdev.Close()
@@ -117,7 +127,7 @@ func openDevices(cfg *Config) (dev, mdev *FileDevice, geo Geometry, sb *Superblo
 		}
 		geo, err = InternalGeometry(dev.Size(), sb.MaxPeers)
 	} else {
-		if mdev, err = OpenFile(cfg.MetaDisk, 0, false); err != nil {
+		if mdev, err = cfg.open(cfg.MetaDisk); err != nil {
 			return fail(fmt.Errorf("meta-disk: %w", err))
 		}
 		sb, err = ReadSuperblock(mdev, 0)
@@ -141,7 +151,7 @@ func CreateMD(cfg Config, maxPeers int, force bool) (Geometry, error) {
 	if maxPeers < len(cfg.Peers) {
 		return Geometry{}, fmt.Errorf("--max-peers %d is less than the %d peers configured", maxPeers, len(cfg.Peers))
 	}
-	dev, err := OpenFile(cfg.Disk, 0, false)
+	dev, err := cfg.open(cfg.Disk)
 	if err != nil {
 		return Geometry{}, fmt.Errorf("backing disk: %w", err)
 	}
@@ -153,7 +163,7 @@ func CreateMD(cfg Config, maxPeers int, force bool) (Geometry, error) {
 		sbOff = InternalSBOffset(dev.Size())
 		geo, err = InternalGeometry(dev.Size(), maxPeers)
 	} else {
-		if mdev, err = OpenFile(cfg.MetaDisk, 0, false); err != nil {
+		if mdev, err = cfg.open(cfg.MetaDisk); err != nil {
 			return Geometry{}, fmt.Errorf("meta-disk: %w", err)
 		}
 		defer mdev.Close()
@@ -761,5 +771,9 @@ func (v *Volume) Extents(off, n int64, fn func(off, n int64, hole bool) bool) er
 	if err := CheckRange(off, n, v.size); err != nil {
 		return err
 	}
-	return v.dev.Extents(off, n, fn)
+	if m, ok := v.dev.(ExtentMapper); ok {
+		return m.Extents(off, n, fn)
+	}
+	fn(off, n, false)
+	return nil
 }

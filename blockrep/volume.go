@@ -65,7 +65,7 @@ type Volume struct {
 	log  *slog.Logger
 	dev  Device // backing device (internal metadata lives at its end)
 	mdev Device // metadata device; == dev for internal metadata
-	data Device      // the data region of dev
+	data Device // the data region of dev
 	meta *Meta
 	al   *ActivityLog
 	size int64

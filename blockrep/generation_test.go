@@ -19,6 +19,15 @@ const (
 	uD uint64 = 0xD0D0
 )
 
+// skipBug skips a test that pins the correct behaviour where the implementation is
+// believed wrong, so that the suite stays green; BLOCKREP_RUN_BUGS=1 runs it anyway.
+func skipBug(t *testing.T, why string) {
+	t.Helper()
+	if os.Getenv("BLOCKREP_RUN_BUGS") == "" {
+		t.Skip("BUG: " + why)
+	}
+}
+
 // pri marks a generation as created while Primary.
 func pri(u uint64) uint64 { return u | UUIDPrimaryBit }
 
@@ -243,7 +252,7 @@ func TestCompareGenerationsFollowsDRBDRuleOrder(t *testing.T) {
 // UUID_JUST_CREATED before comparing (drbd_uuid_compare: "if (self == 0) self =
 // UUID_JUST_CREATED"), so a node without a data generation takes a full sync.
 func TestCompareGenerationsTreatsZeroCurrentAsJustCreated(t *testing.T) {
-	t.Skip("BUG: generation.go:119 a zero current generation is not treated as just-created (0 vs A gives unrelated-data, DRBD gives just-created-self)")
+	skipBug(t, "generation.go:113 a zero current generation is not treated as just-created (0 vs A gives unrelated-data, DRBD gives just-created-self)")
 	if got := CompareGenerations(mkGen(0), mkGen(uA), idSelf, idPeer); got.Strategy != TargetSetBitmap || got.Rule != "just-created-self" {
 		t.Errorf("zero vs A: %v, want target-set-bitmap by rule=just-created-self", got)
 	}

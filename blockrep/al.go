@@ -89,9 +89,13 @@ func (al *ActivityLog) Begin(off, n int64) error {
 		}
 		ready = true
 		for e := first; e <= last; e++ {
-			if ent := al.entries[e]; ent == nil || !ent.committed {
-				ready = false
+			ent := al.entries[e]
+			if ent == nil {
+				// Removed by a Clean that ran meanwhile: pin it again.
+				ent = &alEntry{refs: 1, lastUse: al.tick}
+				al.entries[e] = ent
 			}
+			ready = ready && ent.committed
 		}
 	}
 	return nil
@@ -161,6 +165,7 @@ func (al *ActivityLog) commitLocked() {
 	al.committing = false
 	if err != nil {
 		al.err = err
+		al.seq-- // the slot of this seq may be torn; the next try reuses it, never the newest
 	} else {
 		al.Writes++
 		for _, e := range set {
@@ -214,9 +219,18 @@ func (al *ActivityLog) Clean() error {
 	al.committing = false
 	al.cond.Broadcast()
 	if err != nil {
+		al.seq--
 		return err
 	}
-	clear(al.entries)
+	al.Writes++
+	// Entries pinned while the empty transaction was written are not in it.
+	for e, ent := range al.entries {
+		if ent.refs == 0 {
+			delete(al.entries, e)
+		} else {
+			ent.committed = false
+		}
+	}
 	return nil
 }
 

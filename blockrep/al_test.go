@@ -306,7 +306,6 @@ func TestCleanWaitsForWritesInFlight(t *testing.T) {
 // TestBeginDuringCleanIsNotLost: Clean drops the lock while it writes; a Begin arriving
 // then must still end up with its extent in a committed transaction.
 func TestBeginDuringCleanIsNotLost(t *testing.T) {
-	skipBug(t, "al.go:219 Clean's clear(al.entries) deletes the entry of a Begin that arrived during Clean's I/O; that Begin then loops forever writing transactions without its extent")
 	dev, geo, m, al := newTestAL(t, 8)
 	release := make(chan struct{})
 	var once sync.Once
@@ -490,7 +489,6 @@ func TestConcurrentWritersAlwaysSeeTheirExtentsDurable(t *testing.T) {
 // advances the sequence number even when its write fails, and a failed Clean does not
 // stop the log, so the next transaction lands in the slot of the newest valid one.
 func TestFailedCleanDoesNotMakeTheNextTransactionOverwriteTheNewest(t *testing.T) {
-	skipBug(t, "al.go:202 Clean consumes a sequence number even if its write fails; the next commit then writes into the slot holding the newest valid transaction")
 	dev, geo, m, al := newTestAL(t, 8)
 	mustBegin(t, al, extOff(1), 4096)
 	al.End(extOff(1), 4096)

@@ -13,6 +13,7 @@ import (
 type Bitmap struct {
 	words []atomic.Uint64
 	nbits int64
+	size  int64 // bytes covered
 	count atomic.Int64
 	dirty []atomic.Uint64 // one bit per 4 KiB page of words not yet written to disk
 }
@@ -24,7 +25,7 @@ func NewBitmap(size int64) *Bitmap {
 	nbits := (size + BlockSize - 1) / BlockSize
 	nwords := (nbits + 63) / 64
 	npages := (nwords + wordsPerPage - 1) / wordsPerPage
-	return &Bitmap{words: make([]atomic.Uint64, nwords), nbits: nbits, dirty: make([]atomic.Uint64, (npages+63)/64)}
+	return &Bitmap{words: make([]atomic.Uint64, nwords), nbits: nbits, size: size, dirty: make([]atomic.Uint64, (npages+63)/64)}
 }
 
 // Bits returns the number of blocks covered.
@@ -59,6 +60,9 @@ func (b *Bitmap) SetRange(off, n int64) int64 {
 // number of bits cleared. Partly covered blocks stay out of sync.
 func (b *Bitmap) ClearRange(off, n int64) int64 {
 	first, last := fullBlockRange(off, n)
+	if n > 0 && off+n >= b.size && b.size%BlockSize != 0 {
+		last = b.nbits - 1 // a partial last block is covered by a range to the end
+	}
 	if first > last {
 		return 0
 	}
@@ -132,6 +136,9 @@ func (b *Bitmap) Test(blk int64) bool {
 
 // AnySet reports whether any block touched by [off, off+n) is out of sync.
 func (b *Bitmap) AnySet(off, n int64) bool {
+	if n <= 0 {
+		return false
+	}
 	first, last := blockRange(off, n)
 	last = min(last, b.nbits-1)
 	for w := first >> 6; w <= last>>6; w++ {
@@ -165,6 +172,7 @@ func (b *Bitmap) NextSet(blk int64) int64 {
 
 // NextClear returns the first clear block at or after blk, or Bits().
 func (b *Bitmap) NextClear(blk int64) int64 {
+	blk = max(blk, 0)
 	for w := blk >> 6; w < int64(len(b.words)); w++ {
 		v := ^b.words[w].Load()
 		if w == blk>>6 {

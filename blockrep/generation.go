@@ -111,6 +111,13 @@ func (c Comparison) String() string {
 // Ties between two crashed primaries go to the lower node id.
 func CompareGenerations(self, peer Generations, selfID, peerID int) Comparison {
 	sc, pc := mask(self.Current), mask(peer.Current)
+	// No generation at all is as good as a fresh one.
+	if sc == 0 {
+		sc = UUIDJustCreated
+	}
+	if pc == 0 {
+		pc = UUIDJustCreated
+	}
 	res := func(s Strategy, rule string) Comparison { return Comparison{Strategy: s, Rule: rule, Other: -1} }
 
 	// (1)-(3) Fresh metadata: the other side's data wins, whatever it is.

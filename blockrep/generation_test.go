@@ -252,7 +252,6 @@ func TestCompareGenerationsFollowsDRBDRuleOrder(t *testing.T) {
 // UUID_JUST_CREATED before comparing (drbd_uuid_compare: "if (self == 0) self =
 // UUID_JUST_CREATED"), so a node without a data generation takes a full sync.
 func TestCompareGenerationsTreatsZeroCurrentAsJustCreated(t *testing.T) {
-	skipBug(t, "generation.go:113 a zero current generation is not treated as just-created (0 vs A gives unrelated-data, DRBD gives just-created-self)")
 	if got := CompareGenerations(mkGen(0), mkGen(uA), idSelf, idPeer); got.Strategy != TargetSetBitmap || got.Rule != "just-created-self" {
 		t.Errorf("zero vs A: %v, want target-set-bitmap by rule=just-created-self", got)
 	}

@@ -59,7 +59,11 @@ func (h HandshakeResult) Drop() bool { return h.Repl == ReplOff }
 // It is pure and symmetric: both nodes compute mirrored answers from the same inputs.
 func DecideHandshake(self, peer HandshakeSide, pol SplitBrainPolicy) HandshakeResult {
 	if self.Disk == Diskless || peer.Disk == Diskless {
-		return HandshakeResult{Comparison: Comparison{Strategy: NoSync, Rule: "diskless", Other: -1}, Repl: Established}
+		r := HandshakeResult{Comparison: Comparison{Strategy: NoSync, Rule: "diskless", Other: -1}, Repl: Established}
+		if self.Role == Primary && peer.Role == Primary {
+			return drop(r, "Both nodes are Primary, dropping connection!")
+		}
+		return r
 	}
 	cmp := CompareGenerations(self.Gen, peer.Gen, self.NodeID, peer.NodeID)
 	r := HandshakeResult{Comparison: cmp}
@@ -71,9 +75,11 @@ func DecideHandshake(self, peer HandshakeSide, pol SplitBrainPolicy) HandshakeRe
 	dir, full := direction(cmp.Strategy), cmp.Strategy == SourceSetBitmap || cmp.Strategy == TargetSetBitmap
 	splitBrain := cmp.Strategy == SplitBrainAutoRecover || cmp.Strategy == SplitBrainDisconnect
 
-	// Exactly one side inconsistent: the other side's data wins, whatever the generations say.
+	// Exactly one side inconsistent: the other side's data wins, whatever the generations
+	// say, with a plain bitmap resync (a third node's bitmap would describe the wrong pair).
 	selfIncons, peerIncons := self.Disk <= Inconsistent, peer.Disk <= Inconsistent
-	if selfIncons != peerIncons {
+	overridden := selfIncons != peerIncons
+	if overridden {
 		full = full || cmp.Strategy == SplitBrainDisconnect
 		if peerIncons {
 			dir = 1
@@ -114,11 +120,14 @@ func DecideHandshake(self, peer HandshakeSide, pol SplitBrainPolicy) HandshakeRe
 	if self.Role == Primary && peer.Role == Primary {
 		return drop(r, "Both nodes are Primary, dropping connection!")
 	}
+	// Both sides log the same line, whichever of them is meant.
 	if dir > 0 && selfIncons || dir < 0 && peerIncons {
 		return drop(r, "I shall become SyncSource, but I am inconsistent!")
 	}
-	if dir < 0 && self.Role == Primary && self.Disk >= Consistent && pol.RRConflict != "violently" ||
-		dir > 0 && peer.Role == Primary && peer.Disk >= Consistent && pol.RRConflict != "violently" {
+	// rr-conflict: a Primary never becomes SyncTarget. Every rr-conflict policy acts as
+	// "disconnect" here: a Primary's data is UpToDate by definition (Validate), and
+	// blockrep runs no pri-lost handlers. This holds even when no bit would move.
+	if dir < 0 && self.Role == Primary && self.Disk >= Consistent || dir > 0 && peer.Role == Primary && peer.Disk >= Consistent {
 		return drop(r, "I shall become SyncTarget, but I am primary!")
 	}
 
@@ -134,7 +143,7 @@ func DecideHandshake(self, peer HandshakeSide, pol SplitBrainPolicy) HandshakeRe
 		switch {
 		case full:
 			r.Bits = BitsAll
-		case cmp.Strategy == SourceCopyOtherBitmap || cmp.Strategy == TargetClearBitmap:
+		case !overridden && (cmp.Strategy == SourceCopyOtherBitmap || cmp.Strategy == TargetClearBitmap):
 			r.Bits = BitsOther
 		default:
 			r.Bits = BitsMerge
@@ -196,8 +205,10 @@ func afterSplitBrain(self, peer HandshakeSide, pol SplitBrainPolicy) int {
 				return 1
 			}
 			return -1
-		case "consensus":
-			// Only accept the 0pri answer when it discards the Secondary.
+		case "consensus", "call-pri-lost-after-sb":
+			// Only accept the 0pri answer when it discards the Secondary. (DRBD's
+			// call-pri-lost-after-sb would also demote a losing Primary through a
+			// handler; blockrep runs none, so that case stays unresolved.)
 			d := asb0p(self, peer, pol.After0Pri)
 			if d == -1 && self.Role == Secondary || d == 1 && peer.Role == Secondary {
 				return d

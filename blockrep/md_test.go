@@ -539,7 +539,6 @@ func TestTornUpdateLeavesThePreviousStateReadable(t *testing.T) {
 // the next update (seq 2 → slot 0) overwrites the only valid copy: a second torn write
 // leaves no metadata at all.
 func TestUpdateNeverOverwritesTheNewestSlot(t *testing.T) {
-	skipBug(t, "meta.go:73 vs meta.go:159: create-md puts seq 1/2 in slots 0/1 but Update writes seq s to slot s%2, so the first update overwrites the newest slot; two torn updates in a row lose all metadata")
 	t.Run("no update overwrites the newest slot", func(t *testing.T) {
 		dev, geo, m := newInternalMeta(t, 64<<20, 2, 1)
 		for i := 0; i < 4; i++ {
@@ -632,7 +631,6 @@ func TestWriteBitmapsWritesOnlyDirtyPagesAndReloads(t *testing.T) {
 // one must still write every page that did not reach the disk; otherwise bits silently
 // vanish from the on-disk bitmap and a resync after a crash misses those blocks.
 func TestFailedBitmapWritebackKeepsUnwrittenPagesDirty(t *testing.T) {
-	skipBug(t, "meta.go:175-178 WriteBitmaps forgets the dirty pages after the failing one (dirtyPages() already swapped them out; only the failed page is re-marked)")
 	dev, geo, m := newExternalMeta(t, 3*bitmapPageSpan, 1, 1)
 	for p := int64(0); p < 3; p++ {
 		m.Bitmap(0).SetRange(p*bitmapPageSpan+7*BlockSize, BlockSize)

@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 )
 
@@ -43,6 +44,14 @@ func CreateMetadata(dev Device, geo Geometry, nodeID int, peers []int) error {
 	if len(peers) > geo.MaxPeers {
 		return fmt.Errorf("%d peers but metadata has %d peer slots", len(peers), geo.MaxPeers)
 	}
+	if nodeID < 0 || nodeID >= MaxNodes {
+		return fmt.Errorf("node-id %d out of range", nodeID)
+	}
+	for i, p := range peers {
+		if p < 0 || p >= MaxNodes || p == nodeID || slices.Contains(peers[:i], p) {
+			return fmt.Errorf("bad peer node-id %d", p)
+		}
+	}
 	sb := Superblock{NodeID: nodeID, DataSize: geo.DataSize, MaxPeers: geo.MaxPeers,
 		DeviceUUID: NewUUID(), Current: UUIDJustCreated, Geometry: geo}
 	for i := range sb.Peers {
@@ -69,9 +78,10 @@ func CreateMetadata(dev Device, geo Geometry, nodeID int, peers []int) error {
 	if err := zeroRange(geo.ALOffset, 2*geo.ALSlotBytes); err != nil {
 		return err
 	}
-	for i := 0; i < 2; i++ {
-		sb.Seq = uint64(i + 1)
-		if err := dev.WriteAt(EncodeSuperblock(&sb), geo.SBOffset+int64(i)*sbSize, 0); err != nil {
+	// Sequence s lives in slot s%2, as Update writes it.
+	for seq := uint64(1); seq <= 2; seq++ {
+		sb.Seq = seq
+		if err := dev.WriteAt(EncodeSuperblock(&sb), geo.SBOffset+int64(seq%2)*sbSize, 0); err != nil {
 			return err
 		}
 	}
@@ -172,10 +182,19 @@ func (m *Meta) WriteBitmaps() error {
 	defer m.mu.Unlock()
 	wrote := false
 	for i, bm := range m.bitmaps {
-		for _, p := range bm.dirtyPages() {
+		pages := bm.dirtyPages()
+		for j, p := range pages {
 			bm.encodePage(p, m.pageBuf)
 			if err := m.dev.WriteAt(m.pageBuf, m.geo.BMOffset+int64(i)*m.geo.BitmapBytes+p*pageSize, 0); err != nil {
-				bm.markDirty(p * wordsPerPage)
+				// Every page not written yet stays dirty, so a retry writes it.
+				for _, q := range pages[j:] {
+					bm.markDirty(q * wordsPerPage)
+				}
+				for _, later := range m.bitmaps[i+1:] {
+					for _, q := range later.dirtyPages() {
+						later.markDirty(q * wordsPerPage)
+					}
+				}
 				return err
 			}
 			wrote = true

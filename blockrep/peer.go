@@ -540,6 +540,17 @@ func (p *Peer) session(c *transport.Conn) (standalone bool, reason string, split
 		return true, res.Reason, false
 	}
 
+	// One resync source at a time: the Primary takes precedence, anyone else waits.
+	if res.Repl == SyncTarget {
+		if other := p.currentSourceOtherThanMe(); other != nil {
+			if peer.Role == Primary {
+				other.dropLink(fmt.Sprintf("resync from the Primary %s takes precedence", p.cfg.Name))
+			} else {
+				return false, fmt.Sprintf("already SyncTarget from %s; retrying later", other.cfg.Name), false
+			}
+		}
+	}
+
 	// Bitmaps: agree on what the resync moves.
 	switch res.Bits {
 	case BitsMerge:
@@ -638,6 +649,19 @@ func (p *Peer) session(c *transport.Conn) (standalone bool, reason string, split
 		return false, "peer: " + g.reason, false
 	}
 	return false, err.Error(), false
+}
+
+// currentSourceOtherThanMe returns the peer we are SyncTarget of, if any.
+func (p *Peer) currentSourceOtherThanMe() *Peer {
+	v := p.v
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	for _, o := range v.peers {
+		if o != p && v.state.Peer(o.cfg.NodeID).Repl.IsSyncTarget() {
+			return o
+		}
+	}
+	return nil
 }
 
 // settleNoSyncLocked: with no resync needed and the same generation, an Outdated or

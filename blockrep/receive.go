@@ -468,6 +468,8 @@ func (p *Peer) answerSyncRequest(c *transport.Conn, req transport.SyncRequest) {
 		reply.OK, reply.Reason = false, fmt.Sprintf("replication is %s", ps.Repl)
 	case req.SenderIsSource && v.state.Role == Primary:
 		reply.OK, reply.Reason = false, fmt.Sprintf("%s is Primary", v.cfg.NodeName)
+	case req.SenderIsSource && p.syncTargetOfAnotherLocked():
+		reply.OK, reply.Reason = false, fmt.Sprintf("%s is already SyncTarget of another peer", v.cfg.NodeName)
 	case req.SenderIsSource:
 		// We become SyncTarget: persist Inconsistent before the first block can arrive.
 		p.bm.SetAll()
@@ -568,4 +570,13 @@ func (p *Peer) resyncFinishedAsTarget(current uint64) error {
 	s := transport.State{Role: uint8(v.state.Role), Disk: uint8(UpToDate)}
 	p.queueCtl(transport.MsgState, s.Encode())
 	return nil
+}
+
+func (p *Peer) syncTargetOfAnotherLocked() bool {
+	for _, o := range p.v.peers {
+		if o != p && p.v.state.Peer(o.cfg.NodeID).Repl.IsSyncTarget() {
+			return true
+		}
+	}
+	return false
 }

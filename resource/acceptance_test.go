@@ -172,6 +172,28 @@ func TestAcceptanceTwoNodes(t *testing.T) {
 			t.Error("bad commands changed alpha's disk")
 		}
 	})
+
+	t.Run("the control socket is root-only", func(t *testing.T) {
+		st, err := os.Stat(filepath.Join(alpha.RunDir, "blockrepd.sock"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if perm := st.Mode().Perm(); perm != 0o600 {
+			t.Fatalf("control socket mode %o, want 600", perm)
+		}
+		if os.Geteuid() != 0 {
+			t.Skip("not root: cannot try another uid")
+		}
+		if _, err := exec.LookPath("setpriv"); err != nil {
+			t.Skip("setpriv missing")
+		}
+		os.Chmod(alpha.RunDir, 0o755) // let nobody reach the socket itself
+		out, err := exec.Command("setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+			filepath.Join(c.Bin, "blockrepadm"), "--run-dir", alpha.RunDir, "status").CombinedOutput()
+		if err == nil || !strings.Contains(string(out), "permission denied") {
+			t.Fatalf("status as nobody: err %v, output %q; want permission denied", err, out)
+		}
+	})
 }
 
 // TestMalformedConfigNamesFileAndLine: a typo in a .res file is reported with its

@@ -40,8 +40,8 @@ func (p *Peer) handle(c *transport.Conn, t transport.MsgType, payload []byte, b 
 	switch t {
 	case transport.MsgWrite, transport.MsgTrim, transport.MsgZero:
 		return p.applyData(c, t, payload, b)
-	case transport.MsgRSData:
-		return p.applyResync(c, payload, b)
+	case transport.MsgRSData, transport.MsgRSZero:
+		return p.applyResync(c, t, payload, b)
 	case transport.MsgFlush:
 		a, err := transport.DecodeAck(payload)
 		if err != nil {
@@ -171,8 +171,8 @@ func (p *Peer) applyData(c *transport.Conn, t transport.MsgType, payload []byte,
 	return nil
 }
 
-func (p *Peer) applyResync(c *transport.Conn, payload []byte, b *Batch) error {
-	d, data, err := transport.DecodeData(payload, true)
+func (p *Peer) applyResync(c *transport.Conn, t transport.MsgType, payload []byte, b *Batch) error {
+	d, data, err := transport.DecodeData(payload, t == transport.MsgRSData)
 	if err != nil {
 		return err
 	}
@@ -187,7 +187,12 @@ func (p *Peer) applyResync(c *transport.Conn, payload []byte, b *Batch) error {
 		return fmt.Errorf("%w: resync data for a %s disk", transport.ErrProtocol, disk)
 	}
 	off, n := int64(d.Off), int64(d.Len)
-	if err := v.data.WriteAt(data, off, 0); err != nil {
+	if t == transport.MsgRSZero {
+		err = v.data.Zero(off, n, 0) // punches a hole on files: sparse stays sparse
+	} else {
+		err = v.data.WriteAt(data, off, 0)
+	}
+	if err != nil {
 		p.log.Error("writing resync data failed", "offset", off, "err", err)
 		p.ack(c, transport.MsgNegAck, d.ID, 1, b)
 		return nil

@@ -1,6 +1,7 @@
 package blockrep
 
 import (
+	"encoding/binary"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -253,8 +254,13 @@ func (p *Peer) resyncLoop(c *transport.Conn, stop chan struct{}) {
 		p.pending[d.ID] = pendEntry{kind: pendRS, off: off, n: n}
 		p.pendMu.Unlock()
 		p.rs.addInflight(n)
+		// Zeroes (a fresh or trimmed device) travel as a range, not as data.
+		t, payload := transport.MsgRSData, buf[:n]
+		if isZero(payload) {
+			t, payload = transport.MsgRSZero, nil
+		}
 		c.Lock()
-		c.WriteDataLocked(transport.MsgRSData, &d, buf[:n])
+		c.WriteDataLocked(t, &d, payload)
 		c.FlushLocked()
 		c.Unlock()
 		v.conf.release(token)
@@ -298,4 +304,20 @@ func (p *Peer) resyncFinishedAsSource(c *transport.Conn) {
 	p.rs.end()
 	g := transport.Generation{Current: cur}
 	c.Send(transport.MsgRSDone, g.Encode(), nil)
+}
+
+// isZero reports whether b holds only zero bytes.
+func isZero(b []byte) bool {
+	for len(b) >= 8 {
+		if binary.LittleEndian.Uint64(b) != 0 {
+			return false
+		}
+		b = b[8:]
+	}
+	for _, x := range b {
+		if x != 0 {
+			return false
+		}
+	}
+	return true
 }

@@ -36,13 +36,14 @@ const (
 	MsgPing
 	MsgPingAck
 	MsgDisconnect // Disconnect: graceful close with a reason
+	MsgRSZero     // Data without payload: a resync range that reads as zeroes
 	msgMax
 )
 
 var msgNames = [...]string{"?", "Hello", "HelloAck", "Auth", "AuthResult", "Handshake", "Bitmap",
 	"SyncReady", "Write", "Trim", "Zero", "Flush", "RecvAck", "WriteAck", "FlushAck", "NegAck",
 	"RSData", "RSAck", "RSDone", "NewUUID", "State", "PromoteReq", "PromoteReply", "SyncRequest",
-	"SyncReply", "Ping", "PingAck", "Disconnect"}
+	"SyncReply", "Ping", "PingAck", "Disconnect", "RSZero"}
 
 func (t MsgType) String() string {
 	if int(t) < len(msgNames) {

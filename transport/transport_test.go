@@ -199,7 +199,7 @@ func FuzzDecode(f *testing.F) {
 			DecodeHandshake(p)
 		case MsgWrite, MsgRSData:
 			DecodeData(p, true)
-		case MsgTrim, MsgZero:
+		case MsgTrim, MsgZero, MsgRSZero:
 			DecodeData(p, false)
 		case MsgBitmap:
 			DecodeBitmapChunk(p)

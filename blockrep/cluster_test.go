@@ -32,6 +32,12 @@ type testNode struct {
 // given protocol, and runs create-md on each.
 func testCluster(t *testing.T, n int, size int64, proto Protocol) []*testNode {
 	t.Helper()
+	return testClusterWith(t, n, size, proto, nil)
+}
+
+// testClusterWith is testCluster with a hook to adjust each node's configuration.
+func testClusterWith(t *testing.T, n int, size int64, proto Protocol, adjust func(i int, cfg *Config)) []*testNode {
+	t.Helper()
 	dir := t.TempDir()
 	nodes := make([]*testNode, n)
 	for i := range nodes {
@@ -61,6 +67,9 @@ func testCluster(t *testing.T, n int, size int64, proto Protocol) []*testNode {
 				LocalAddress: a.addr, Protocol: proto, Secret: "s3cret", ConnectInt: 200 * time.Millisecond,
 				PingInt: time.Second, Timeout: 2 * time.Second, Settings: "p=" + proto.String(),
 				Resync: ResyncConfig{PlanAhead: 2 * time.Second, FillTarget: 4 << 20}})
+		}
+		if adjust != nil {
+			adjust(i, &a.cfg)
 		}
 		if _, err := CreateMD(a.cfg, 0, false); err != nil {
 			t.Fatal(err)
@@ -547,4 +556,92 @@ func TestInvalidateResyncsEverythingFromThePeer(t *testing.T) {
 	if dataSum(t, a) != dataSum(t, b) {
 		t.Fatal("invalidated replica differs after its full resync")
 	}
+}
+
+func TestLocalWriteErrorDetachesTheDiskAndServesThroughThePeer(t *testing.T) {
+	var faulty *FaultyDevice
+	n := testClusterWith(t, 2, 32<<20, ProtocolC, func(i int, cfg *Config) {
+		if i == 0 {
+			cfg.OpenDevice = func(path string) (Device, error) {
+				d, err := OpenFile(path, 0, false)
+				if err != nil {
+					return nil, err
+				}
+				faulty = &FaultyDevice{Device: d}
+				return faulty, nil
+			}
+		}
+	})
+	a, b := n[0], n[1]
+	for _, nd := range n {
+		nd.v.Connect(-1, false)
+	}
+	waitFor(t, "connected", func() bool { return connected(a, b) })
+	if err := a.v.Promote(true); err != nil {
+		t.Fatal(err)
+	}
+	waitSynced(t, a, b)
+	before := randBytes(1 << 20)
+	write(t, a.v, 0, before)
+
+	faulty.SetRules(FaultRule{Ops: "write read"})
+	after := randBytes(1 << 20)
+	write(t, a.v, 4<<20, after) // the local write fails; the peer has it: success
+	waitFor(t, "disk detached", func() bool { return a.v.State().Disk == Diskless })
+	if !a.v.DiskFailed() {
+		t.Fatal("DiskFailed is false after detach")
+	}
+	write(t, a.v, 8<<20, after)
+	buf := make([]byte, 1<<20)
+	for _, c := range []struct {
+		off  int64
+		want []byte
+	}{{0, before}, {4 << 20, after}, {8 << 20, after}} {
+		if err := a.v.ReadAt(buf, c.off); err != nil {
+			t.Fatalf("read at %d through the peer: %v", c.off, err)
+		}
+		if !bytes.Equal(buf, c.want) {
+			t.Fatalf("read at %d through the peer returned other data", c.off)
+		}
+	}
+	if got := b.v.peers[0].bm.Count() * BlockSize; got < 1<<20 {
+		t.Fatalf("the peer recorded %d bytes the diskless Primary misses, want at least the 1 MiB written after detach", got)
+	}
+	if err := submit(t, a.v, OpFlush, 0, nil, 0, 0); err != nil {
+		t.Fatalf("flush of a diskless Primary with a connected peer: %v", err)
+	}
+
+	// The disk comes back healthy after a restart: it is resynced from the peer.
+	a.crash()
+	faulty.SetRules()
+	a.restart()
+	a.v.Connect(-1, false)
+	waitSynced(t, a, b)
+	if dataSum(t, a) != dataSum(t, b) {
+		t.Fatal("the re-attached disk differs from the peer after resync")
+	}
+}
+
+func TestLocalWriteErrorWithPassOnFailsTheWrite(t *testing.T) {
+	var faulty *FaultyDevice
+	n := testClusterWith(t, 1, 8<<20, ProtocolC, func(i int, cfg *Config) {
+		cfg.OnIOError = "pass_on"
+		cfg.OpenDevice = func(path string) (Device, error) {
+			d, err := OpenFile(path, 0, false)
+			faulty = &FaultyDevice{Device: d}
+			return faulty, err
+		}
+	})
+	a := n[0]
+	if err := a.v.Promote(true); err != nil {
+		t.Fatal(err)
+	}
+	faulty.SetRules(FaultRule{Ops: "write", Off: 1 << 20, Len: 4096})
+	if err := submit(t, a.v, OpWrite, 1<<20, make([]byte, 4096), 0, 0); !errors.Is(err, ErrIO) {
+		t.Fatalf("write with an injected error under pass_on: %v, want ErrIO", err)
+	}
+	if a.v.DiskFailed() || a.v.State().Disk != UpToDate {
+		t.Fatal("pass_on detached the disk")
+	}
+	write(t, a.v, 2<<20, make([]byte, 4096))
 }

@@ -53,11 +53,8 @@ func (f *flusher) run() {
 		f.mu.Unlock()
 
 		err := f.v.data.Flush()
-		if err != nil {
-			f.v.log.Error("local flush failed", "err", err)
-		}
 		for i, r := range batch {
-			r.eng.partDone(err, &b)
+			r.eng.localDone(err, err == nil, &b)
 			batch[i] = nil
 		}
 		b.Flush()

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"slices"
 	"sync"
+	"sync/atomic"
 )
 
 // Meta is a node's metadata for one resource: the superblock, one bitmap per peer slot
@@ -21,6 +22,9 @@ type Meta struct {
 
 	bitmaps []*Bitmap // per slot
 	pageBuf []byte
+
+	// failed: the device failed (on-io-error detach); metadata changes stay in memory.
+	failed atomic.Bool
 }
 
 // NewUUID returns a random generation identifier, never 0 or UUIDJustCreated.
@@ -166,6 +170,10 @@ func (m *Meta) Update(fn func(sb *Superblock)) error {
 	next := m.sb
 	fn(&next)
 	next.Seq = m.sb.Seq + 1
+	if m.failed.Load() {
+		m.sb = next
+		return nil
+	}
 	if err := m.dev.WriteAt(EncodeSuperblock(&next), m.geo.SBOffset+int64(next.Seq%2)*sbSize, 0); err != nil {
 		return err
 	}
@@ -180,6 +188,9 @@ func (m *Meta) Update(fn func(sb *Superblock)) error {
 func (m *Meta) WriteBitmaps() error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	if m.failed.Load() {
+		return nil
+	}
 	wrote := false
 	for i, bm := range m.bitmaps {
 		pages := bm.dirtyPages()
@@ -223,6 +234,9 @@ func (m *Meta) readAL() (seq uint64, extents []uint32, err error) {
 
 // writeAL writes one activity-log transaction durably.
 func (m *Meta) writeAL(img []byte, seq uint64) error {
+	if m.failed.Load() {
+		return nil
+	}
 	if err := m.dev.WriteAt(img, m.geo.ALOffset+int64(seq%2)*m.geo.ALSlotBytes, 0); err != nil {
 		return err
 	}

@@ -44,7 +44,8 @@ type Peer struct {
 	sessWG      *sync.WaitGroup
 
 	lastRecv atomic.Int64 // unix nanoseconds of the last input
-	wentLive bool         // the current session got past its handshake (manager goroutine only)
+
+	wentLive bool // the current session got past its handshake (manager goroutine only)
 
 	rs resyncStats
 }
@@ -55,13 +56,16 @@ const (
 	pendData pendKind = iota
 	pendFlush
 	pendRS
+	pendRead
 )
 
 type pendEntry struct {
 	kind     pendKind
 	off, n   int64
-	req      *Request // nil when nobody waits for the peer
-	waitRecv bool     // protocol B: RecvAck finishes the request's part
+	req      *Request   // nil when nobody waits for the peer
+	waitRecv bool       // protocol B: RecvAck finishes the request's part
+	rbuf     []byte     // pendRead: where the data goes
+	rdone    chan error // pendRead: the reader waits here
 }
 
 type ctlMsg struct {
@@ -743,8 +747,12 @@ func (p *Peer) teardown(c *transport.Conn) {
 		if e.kind == pendData {
 			p.bm.SetRange(e.off, e.n)
 		}
+		if e.kind == pendRead {
+			e.rdone <- errors.New("connection lost")
+			continue
+		}
 		if e.req != nil {
-			e.req.eng.partDone(nil, &b)
+			e.req.eng.peerDone(false, &b)
 		}
 	}
 	b.Flush()
@@ -761,7 +769,7 @@ func (p *Peer) teardown(c *transport.Conn) {
 		}
 	})
 	if wasReplicating && v.state.Role == Primary {
-		if err := v.newGenerationLocked(false); err != nil {
+		if err := v.newGenerationLocked(false, v.diskFailed.Load()); err != nil {
 			p.log.Error("cannot start a new generation", "err", err)
 		}
 	}
@@ -911,7 +919,7 @@ func (p *Peer) sendStateLocked() {
 	p.queueCtl(transport.MsgState, s.Encode())
 }
 
-func (p *Peer) sendNewUUID(cur, prev uint64) {
+func (p *Peer) sendNewUUID(cur, prev uint64, flags uint32) {
 	// NewUUID must precede the writes that follow it: send it on the data path.
 	p.pendMu.Lock()
 	c := p.link
@@ -919,7 +927,7 @@ func (p *Peer) sendNewUUID(cur, prev uint64) {
 	if c == nil {
 		return
 	}
-	g := transport.Generation{Current: cur, Prev: prev}
+	g := transport.Generation{Current: cur, Prev: prev, Flags: flags}
 	c.Send(transport.MsgNewUUID, g.Encode(), nil)
 }
 

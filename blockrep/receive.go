@@ -95,6 +95,20 @@ func (p *Peer) handle(c *transport.Conn, t transport.MsgType, payload []byte, b 
 			p.log.Debug("reply to no request", "id", r.ID)
 		}
 		return nil
+	case transport.MsgOutOfSync:
+		d, _, err := transport.DecodeData(payload, false)
+		if err != nil {
+			return err
+		}
+		if err := p.checkRange(d.Off, d.Len); err != nil {
+			return err
+		}
+		p.bm.SetRange(int64(d.Off), int64(d.Len))
+		return nil
+	case transport.MsgReadReq:
+		return p.serveRead(c, payload)
+	case transport.MsgReadReply:
+		return p.gotReadReply(payload)
 	case transport.MsgPing:
 		p.queueCtl(transport.MsgPingAck, nil)
 		return nil
@@ -162,11 +176,16 @@ func (p *Peer) applyData(c *transport.Conn, t transport.MsgType, payload []byte,
 	}
 	if err != nil {
 		p.log.Error("applying peer write failed", "offset", off, "length", n, "err", err)
+		v.localIOError("peer write", off, err)
 		p.ack(c, transport.MsgNegAck, d.ID, 1, b)
 		return nil
 	}
 	v.writtenBytes.Add(n)
-	p.bm.ClearRange(off, n)
+	if d.Flags&transport.DataNotLocal != 0 {
+		p.bm.SetRange(off, n) // the sender's own disk misses this
+	} else {
+		p.bm.ClearRange(off, n)
+	}
 	p.ack(c, transport.MsgWriteAck, d.ID, 0, b)
 	return nil
 }
@@ -236,7 +255,7 @@ func (p *Peer) gotAck(t transport.MsgType, payload []byte, b *Batch) error {
 		}
 		p.pendMu.Unlock()
 		if req != nil {
-			req.eng.partDone(nil, b)
+			req.eng.peerDone(true, b)
 		}
 		return nil
 	}
@@ -249,7 +268,7 @@ func (p *Peer) gotAck(t transport.MsgType, payload []byte, b *Batch) error {
 
 	switch {
 	case t == transport.MsgNegAck:
-		if e.kind != pendFlush {
+		if e.kind == pendData || e.kind == pendRS {
 			p.bm.SetRange(e.off, e.n)
 		}
 		if e.kind == pendRS {
@@ -262,18 +281,24 @@ func (p *Peer) gotAck(t transport.MsgType, payload []byte, b *Batch) error {
 		p.bm.ClearRange(e.off, e.n)
 		p.rs.acked(e.n, true)
 	case e.kind == pendFlush && t == transport.MsgFlushAck:
+	case e.kind == pendRead && t == transport.MsgNegAck:
 	default:
 		return fmt.Errorf("%w: %s does not answer that request", transport.ErrProtocol, t)
 	}
+	if e.kind == pendRead {
+		// Only a NegAck answers a read this way.
+		e.rdone <- fmt.Errorf("%w: the peer could not read", ErrIO)
+		return nil
+	}
 	if e.req != nil {
-		e.req.eng.partDone(nil, b)
+		e.req.eng.peerDone(t != transport.MsgNegAck, b)
 	}
 	return nil
 }
 
 // submitData sends an application write to the peer, or records it in the bitmap when
 // the peer does not receive writes now. Called from Submit with the gate held shared.
-func (p *Peer) submitData(r *Request, b *Batch) {
+func (p *Peer) submitData(r *Request, b *Batch, diskless bool) {
 	p.pendMu.Lock()
 	for p.replicating && len(p.pending) >= p.maxPending {
 		p.pendCond.Wait()
@@ -286,9 +311,10 @@ func (p *Peer) submitData(r *Request, b *Batch) {
 	p.nextID++
 	id := p.nextID
 	e := pendEntry{kind: pendData, off: r.Off, n: r.Len}
-	if p.cfg.Protocol != ProtocolA {
+	// Without a local disk every peer is a replica the request must wait for.
+	if p.cfg.Protocol != ProtocolA || diskless {
 		e.req = r
-		e.waitRecv = p.cfg.Protocol == ProtocolB && r.Flags&FlagFUA == 0
+		e.waitRecv = p.cfg.Protocol == ProtocolB && r.Flags&FlagFUA == 0 && !diskless
 		r.eng.parts.Add(1)
 	}
 	p.pending[id] = e
@@ -301,6 +327,9 @@ func (p *Peer) submitData(r *Request, b *Batch) {
 	}
 	if r.Flags&FlagNoHole != 0 {
 		d.Flags |= transport.DataNoHole
+	}
+	if diskless {
+		d.Flags |= transport.DataNotLocal
 	}
 	var t transport.MsgType
 	var data []byte
@@ -319,8 +348,8 @@ func (p *Peer) submitData(r *Request, b *Batch) {
 }
 
 // submitFlush sends a flush to a protocol B/C peer; the request waits for its ack.
-func (p *Peer) submitFlush(r *Request) {
-	if p.cfg.Protocol == ProtocolA {
+func (p *Peer) submitFlush(r *Request, diskless bool) {
+	if p.cfg.Protocol == ProtocolA && !diskless {
 		return
 	}
 	p.pendMu.Lock()
@@ -424,9 +453,17 @@ func (p *Peer) adoptGeneration(g transport.Generation) error {
 			"their-previous", fmt.Sprintf("%016X", g.Prev), "disk", v.state.Disk)
 		return nil
 	}
+	diskless := g.Flags&transport.GenSenderDiskless != 0
+	if diskless {
+		// The sender lost its disk: its writes now carry DataNotLocal.
+		v.changeLocked(func(s *State) { s.Peer(p.cfg.NodeID).Disk = Diskless })
+	}
 	return v.meta.Update(func(sb *Superblock) {
 		pushHistory(&sb.History, sb.Current)
 		sb.Current = g.Current
+		if diskless && sb.Peers[p.slot].BitmapUUID == 0 {
+			sb.Peers[p.slot].BitmapUUID = g.Prev
+		}
 	})
 }
 
@@ -584,4 +621,21 @@ func (p *Peer) syncTargetOfAnotherLocked() bool {
 		}
 	}
 	return false
+}
+
+// sendOutOfSync tells the peer that our own disk misses a range we sent it (the local
+// write failed after the data went out). It precedes any later write to the range.
+func (p *Peer) sendOutOfSync(off, n int64) {
+	p.pendMu.Lock()
+	c := p.link
+	live := p.replicating
+	p.pendMu.Unlock()
+	if !live {
+		return
+	}
+	d := transport.Data{Off: uint64(off), Len: uint32(n)}
+	c.Lock()
+	c.WriteDataLocked(transport.MsgOutOfSync, &d, nil)
+	c.FlushLocked()
+	c.Unlock()
 }

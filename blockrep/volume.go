@@ -7,6 +7,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/blockrep/blockrep/transport"
 )
 
 // Config is one node's view of a resource's volume.
@@ -23,6 +25,9 @@ type Config struct {
 	// OpenDevice opens the backing and metadata devices; nil opens files and block
 	// devices through the page cache (OpenFile). Tests use it to inject faults.
 	OpenDevice func(path string) (Device, error)
+	// OnIOError is the policy for a failed local read or write: "detach" (default: stop
+	// using the disk, serve through the peers) or "pass_on" (return the error).
+	OnIOError string
 }
 
 // PeerConfig is one connection of the volume.
@@ -79,6 +84,9 @@ type Volume struct {
 	gate    sync.RWMutex
 	primary atomic.Bool
 	closed  atomic.Bool
+	// diskFailed: the local disk was detached after an I/O error (on-io-error detach);
+	// the volume serves through its peers.
+	diskFailed atomic.Bool
 
 	mu        sync.Mutex
 	state     State
@@ -410,7 +418,13 @@ func (v *Volume) ReadAt(p []byte, off int64) error {
 		return err
 	}
 	v.readBytes.Add(int64(len(p)))
-	return v.data.ReadAt(p, off)
+	if !v.diskFailed.Load() {
+		err := v.data.ReadAt(p, off)
+		if err == nil || !v.localIOError("read", off, err) {
+			return err
+		}
+	}
+	return v.remoteRead(p, off)
 }
 
 // Submit is the Primary's write path (see Volume).
@@ -432,36 +446,47 @@ func (v *Volume) Submit(r *Request, b *Batch) {
 		r.Owner.Complete(r, ErrNotPrimary, b)
 		return
 	}
+	diskless := v.diskFailed.Load()
 	if r.Op == OpFlush {
 		for _, p := range v.peers {
-			p.submitFlush(r)
+			p.submitFlush(r, diskless)
 		}
 		v.gate.RUnlock()
+		if diskless {
+			r.eng.localDone(nil, false, b)
+			return
+		}
 		v.flusher.enqueue(r)
 		return
 	}
 	v.conf.acquire(r.Off, r.Len, r)
 	r.eng.conflict = true
-	if v.cfg.ALUpdates {
+	if v.cfg.ALUpdates && !diskless {
 		if err := v.al.Begin(r.Off, r.Len); err != nil {
-			v.gate.RUnlock()
-			r.eng.partDone(err, b)
-			return
+			if !v.localIOError("activity log", r.Off, err) {
+				v.gate.RUnlock()
+				r.eng.partDone(err, b)
+				return
+			}
+			diskless = true // detached: this write goes to the peers only
+		} else {
+			r.eng.al = true
 		}
-		r.eng.al = true
 	}
 	for _, p := range v.peers {
-		p.submitData(r, b)
+		p.submitData(r, b, diskless)
+	}
+	if diskless {
+		v.gate.RUnlock()
+		r.eng.localDone(nil, false, b)
+		return
 	}
 	err := ApplyTo(v.data, r)
 	v.gate.RUnlock()
 	if err == nil && r.Op == OpWrite {
 		v.writtenBytes.Add(r.Len)
 	}
-	if err != nil {
-		v.log.Error("local write failed", "op", r.Op, "offset", r.Off, "length", r.Len, "err", err)
-	}
-	r.eng.partDone(err, b)
+	r.eng.localDone(err, err == nil, b)
 }
 
 // reqEngine is a request's bookkeeping in the write path, kept inside the Request so
@@ -470,7 +495,9 @@ type reqEngine struct {
 	v        *Volume
 	req      *Request
 	parts    atomic.Int32 // local part + one per peer that must acknowledge
+	copies   atomic.Int32 // replicas known to hold the data
 	err      atomic.Pointer[error]
+	localErr atomic.Pointer[error] // a local I/O error the detach policy may forgive
 	conflict bool
 	al       bool
 }
@@ -478,8 +505,40 @@ type reqEngine struct {
 func (e *reqEngine) reset(v *Volume, r *Request) {
 	e.v, e.req = v, r
 	e.parts.Store(1)
+	e.copies.Store(0)
 	e.err.Store(nil)
+	e.localErr.Store(nil)
 	e.conflict, e.al = false, false
+}
+
+// localDone finishes the local part. A local I/O error fails the request under
+// on-io-error pass_on; under detach the disk is detached and the request succeeds if
+// some peer has the data.
+func (e *reqEngine) localDone(err error, copied bool, b *Batch) {
+	if err != nil {
+		r := e.req
+		if e.v.localIOError(r.Op.String(), r.Off, err) {
+			e.localErr.Store(&err)
+			err = nil
+			if r.Op != OpFlush {
+				for _, p := range e.v.peers {
+					p.sendOutOfSync(r.Off, r.Len)
+				}
+			}
+		}
+	}
+	if copied {
+		e.copies.Add(1)
+	}
+	e.partDone(err, b)
+}
+
+// peerDone finishes a peer's part; copied says whether the peer has the data.
+func (e *reqEngine) peerDone(copied bool, b *Batch) {
+	if copied {
+		e.copies.Add(1)
+	}
+	e.partDone(nil, b)
 }
 
 // partDone finishes one part; the last one completes the request.
@@ -500,6 +559,14 @@ func (e *reqEngine) partDone(err error, b *Batch) {
 	var final error
 	if p := e.err.Load(); p != nil {
 		final = *p
+	} else if e.copies.Load() == 0 {
+		// Nobody holds the data: the local copy failed (or there is no disk) and no
+		// peer confirmed it.
+		if p := e.localErr.Load(); p != nil {
+			final = *p
+		} else {
+			final = fmt.Errorf("%w: no replica holds the data (local disk detached, no peer connected)", ErrIO)
+		}
 	}
 	r.Owner.Complete(r, final, b)
 }
@@ -561,7 +628,7 @@ func (v *Volume) Promote(force bool) error {
 		return err
 	}
 	if forced || v.anyPeerBehindLocked() {
-		if err := v.newGenerationLocked(forced); err != nil {
+		if err := v.newGenerationLocked(forced, false); err != nil {
 			return err
 		}
 	}
@@ -598,7 +665,7 @@ func (v *Volume) anyPeerBehindLocked() bool {
 // newGenerationLocked starts a new current generation: the old one becomes the bitmap
 // generation of every peer that does not have our data (unless its bitmap already
 // started earlier), and in-sync connected peers adopt the new one. Needs gate and mu.
-func (v *Volume) newGenerationLocked(forced bool) error {
+func (v *Volume) newGenerationLocked(forced, diskless bool) error {
 	sb := v.meta.Superblock()
 	old := sb.Current
 	next := NewUUID()
@@ -623,8 +690,12 @@ func (v *Volume) newGenerationLocked(forced bool) error {
 		return err
 	}
 	v.log.Info("new current generation", "old", fmt.Sprintf("%016X", old), "new", fmt.Sprintf("%016X", next))
+	var flags uint32
+	if diskless {
+		flags = transport.GenSenderDiskless
+	}
 	for _, p := range adopters {
-		p.sendNewUUID(next, old)
+		p.sendNewUUID(next, old, flags)
 	}
 	return nil
 }
@@ -668,10 +739,16 @@ func (v *Volume) flushAll() error {
 	done := make(chan error, 1)
 	r := &Request{Op: OpFlush, Owner: chanCompleter(done)}
 	r.eng.reset(v, r)
+	diskless := v.diskFailed.Load()
 	for _, p := range v.peers {
-		p.submitFlush(r)
+		p.submitFlush(r, diskless)
 	}
-	v.flusher.enqueue(r)
+	if diskless {
+		var b Batch
+		r.eng.localDone(nil, false, &b)
+	} else {
+		v.flusher.enqueue(r)
+	}
 	select {
 	case err := <-done:
 		return err

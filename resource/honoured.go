@@ -25,6 +25,9 @@ func (r *Resource) NotHonoured(node string) []string {
 		add("startup option %s", name)
 	}
 	dd := DefaultDiskOptions()
+	if r.Disk.OnIOError == "call-local-io-error" {
+		add("on-io-error call-local-io-error (the handler is not run; the disk is detached)")
+	}
 	if !r.Disk.DiskFlushes || !r.Disk.MDFlushes {
 		add("disk-flushes/md-flushes no (blockrep always flushes)")
 	}

@@ -27,6 +27,10 @@ func (r *Resource) VolumeConfig(node string, log *slog.Logger) (blockrep.Config,
 	cfg := blockrep.Config{
 		Resource: r.Name, NodeID: h.NodeID, NodeName: h.Name, Disk: h.Disk, MetaDisk: h.MetaDisk,
 		ALExtents: r.Disk.ALExtents, ALUpdates: r.Disk.ALUpdates, Logger: log,
+		OnIOError: r.Disk.OnIOError,
+	}
+	if cfg.OnIOError == "call-local-io-error" {
+		cfg.OnIOError = "detach" // handlers are not run: detach is the safe part of it
 	}
 	for _, p := range peers {
 		n := &p.Net

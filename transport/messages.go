@@ -37,13 +37,16 @@ const (
 	MsgPingAck
 	MsgDisconnect // Disconnect: graceful close with a reason
 	MsgRSZero     // Data without payload: a resync range that reads as zeroes
+	MsgReadReq    // Data without payload: a diskless Primary reads from the peer
+	MsgReadReply  // Data + payload
+	MsgOutOfSync  // Data without payload: the sender's own disk misses this range
 	msgMax
 )
 
 var msgNames = [...]string{"?", "Hello", "HelloAck", "Auth", "AuthResult", "Handshake", "Bitmap",
 	"SyncReady", "Write", "Trim", "Zero", "Flush", "RecvAck", "WriteAck", "FlushAck", "NegAck",
 	"RSData", "RSAck", "RSDone", "NewUUID", "State", "PromoteReq", "PromoteReply", "SyncRequest",
-	"SyncReply", "Ping", "PingAck", "Disconnect", "RSZero"}
+	"SyncReply", "Ping", "PingAck", "Disconnect", "RSZero", "ReadReq", "ReadReply", "OutOfSync"}
 
 func (t MsgType) String() string {
 	if int(t) < len(msgNames) {
@@ -57,6 +60,7 @@ const (
 	DataFUA      = 1 << 0
 	DataNoHole   = 1 << 1
 	DataFastZero = 1 << 2
+	DataNotLocal = 1 << 3 // the sender has no local copy: record it as missing there
 )
 
 // DataSize is the size of a Data header.
@@ -93,7 +97,7 @@ func DecodeData(p []byte, withPayload bool) (Data, []byte, error) {
 	if withPayload && len(rest) != int(d.Len) || !withPayload && len(rest) != 0 {
 		return Data{}, nil, protoErr("data message length %d does not match payload of %d bytes", d.Len, len(rest))
 	}
-	if d.Flags&^(DataFUA|DataNoHole|DataFastZero) != 0 {
+	if d.Flags&^(DataFUA|DataNoHole|DataFastZero|DataNotLocal) != 0 {
 		return Data{}, nil, protoErr("unknown data flags %#x", d.Flags)
 	}
 	return d, rest, nil
@@ -215,18 +219,24 @@ func DecodeBitmapChunk(p []byte) (BitmapChunk, error) {
 type Generation struct {
 	Current uint64
 	Prev    uint64 // NewUUID: the generation it replaces
+	Flags   uint32
 }
+
+// GenSenderDiskless: the sender lost its disk and goes on without it; the receiver
+// records what the sender's disk misses from now on.
+const GenSenderDiskless = 1
 
 func (g *Generation) Encode() []byte {
 	var e Enc
 	e.U64(g.Current)
 	e.U64(g.Prev)
+	e.U32(g.Flags)
 	return e.B
 }
 
 func DecodeGeneration(p []byte) (Generation, error) {
 	d := Dec{B: p}
-	g := Generation{Current: d.U64(), Prev: d.U64()}
+	g := Generation{Current: d.U64(), Prev: d.U64(), Flags: d.U32()}
 	return g, d.End()
 }
 

@@ -177,7 +177,7 @@ func TestDecodersRejectTruncatedAndTrailingBytes(t *testing.T) {
 	if _, _, err := DecodeData(buf, false); err == nil {
 		t.Fatal("trim with a payload accepted")
 	}
-	d.Flags = 1 << 7
+	d.Flags = 1 << 9
 	d.Put(buf)
 	if _, _, err := DecodeData(buf, true); err == nil {
 		t.Fatal("unknown data flags accepted")
@@ -197,9 +197,9 @@ func FuzzDecode(f *testing.F) {
 		switch MsgType(typ % uint16(msgMax)) {
 		case MsgHandshake:
 			DecodeHandshake(p)
-		case MsgWrite, MsgRSData:
+		case MsgWrite, MsgRSData, MsgReadReply:
 			DecodeData(p, true)
-		case MsgTrim, MsgZero, MsgRSZero:
+		case MsgTrim, MsgZero, MsgRSZero, MsgReadReq, MsgOutOfSync:
 			DecodeData(p, false)
 		case MsgBitmap:
 			DecodeBitmapChunk(p)

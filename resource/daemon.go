@@ -26,6 +26,9 @@ type Daemon struct {
 	Node      string
 	RunDir    string
 	Log       *slog.Logger
+	// FaultInjection wraps every backing device in a blockrep.FaultyDevice that the
+	// "fault" verb configures: for the fault harness only.
+	FaultInjection bool
 
 	cmdMu sync.Mutex // serializes operator commands
 	mu    sync.Mutex // guards res and every running.vol (held briefly)
@@ -44,6 +47,7 @@ type running struct {
 
 	vol    *blockrep.Volume // nil while detached (Diskless)
 	wanted bool             // connections wanted (up/connect) — restored on attach
+	faulty []*blockrep.FaultyDevice
 
 	peerLn  net.Listener
 	exports *nbd.Server
@@ -311,6 +315,8 @@ func (d *Daemon) do(req control.Request, name string) error {
 			return fmt.Errorf("%s: no local disk", name)
 		}
 		return r.vol.Invalidate()
+	case "fault":
+		return r.setFault(req.Fault)
 	}
 	return fmt.Errorf("unknown verb %q", req.Verb)
 }
@@ -358,6 +364,10 @@ func (d *Daemon) up(name string) (*running, error) {
 		}
 	}
 	r := &running{d: d, cfg: res, host: host, vcfg: vcfg, log: log, wanted: true}
+	if d.FaultInjection {
+		r.vcfg.OpenDevice = r.openFaulty
+		vcfg = r.vcfg
+	}
 	if r.vol, err = blockrep.Open(vcfg); err != nil { // not yet visible to other goroutines
 		return nil, fmt.Errorf("%s: attach %s: %w", name, host.Disk, err)
 	}
@@ -529,9 +539,20 @@ func (r *running) detach() error {
 }
 
 func (r *running) attach() error {
+	if r.vol != nil && r.vol.DiskFailed() {
+		// Replace a disk detached after I/O errors.
+		if r.vol.State().Role == blockrep.Primary {
+			return &blockrep.StateError{Msg: fmt.Sprintf("%s: the failed disk of a Primary cannot be re-attached (run secondary first)", r.cfg.Name)}
+		}
+		old := r.vol
+		old.Disconnect(-1)
+		r.setVolume(nil)
+		old.Close()
+	}
 	if r.vol != nil {
 		return fmt.Errorf("%s: already attached", r.cfg.Name)
 	}
+	r.faulty = nil
 	vol, err := blockrep.Open(r.vcfg)
 	if err != nil {
 		return fmt.Errorf("%s: attach %s: %w", r.cfg.Name, r.host.Disk, err)
@@ -581,6 +602,7 @@ func (r *running) status() control.ResourceStatus {
 	}
 	st, peers := vol.Status()
 	rs.Role, rs.Disk, rs.SizeBytes = st.Role.String(), st.Disk.String(), vol.Size()
+	rs.DiskFailed = vol.DiskFailed()
 	for _, p := range peers {
 		ps := control.PeerStatus{Node: p.Name, NodeID: p.NodeID, Connection: p.Conn.String(), Replication: p.Repl.String(),
 			PeerDisk: p.Disk.String(), PeerRole: p.Role.String(), Protocol: p.Protocol.String(),
@@ -609,4 +631,35 @@ func CreateMD(configDir, node, name string, maxPeers int, force bool) (blockrep.
 		return blockrep.Geometry{}, err
 	}
 	return blockrep.CreateMD(vcfg, maxPeers, force)
+}
+
+// openFaulty opens a device wrapped for fault injection (--fault-injection).
+func (r *running) openFaulty(path string) (blockrep.Device, error) {
+	d, err := blockrep.OpenFile(path, 0, false)
+	if err != nil {
+		return nil, err
+	}
+	f := &blockrep.FaultyDevice{Device: d}
+	r.faulty = append(r.faulty, f)
+	return f, nil
+}
+
+// setFault installs (or with "" clears) a disk fault rule on the resource's devices.
+func (r *running) setFault(rule string) error {
+	if !r.d.FaultInjection {
+		return errors.New("fault injection is not enabled (blockrepd --fault-injection)")
+	}
+	var rules []blockrep.FaultRule
+	if rule != "" {
+		fr, err := blockrep.ParseFaultRule(rule)
+		if err != nil {
+			return err
+		}
+		rules = append(rules, fr)
+	}
+	for _, f := range r.faulty {
+		f.SetRules(rules...)
+	}
+	r.log.Warn("fault injection", "rule", rule)
+	return nil
 }

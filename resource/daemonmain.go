@@ -21,6 +21,7 @@ func DaemonMain(args []string, stderr io.Writer) int {
 	fs.StringVar(&d.Node, "node", control.DefaultNode(), "this node's name (its \"on\" section)")
 	fs.StringVar(&d.RunDir, "run-dir", control.DefaultRunDir, "run directory (control socket, NBD exports)")
 	level := fs.String("log-level", "info", "debug|info|warn|error")
+	fs.BoolVar(&d.FaultInjection, "fault-injection", false, "test only: let the control socket inject disk errors")
 	if err := fs.Parse(args); err != nil {
 		return 1
 	}

@@ -43,6 +43,9 @@ type Request struct {
 	// Flags of the verb.
 	Force         bool `json:"force,omitempty"`
 	DiscardMyData bool `json:"discard_my_data,omitempty"`
+	// Fault is a disk fault rule for the "fault" verb (a blockrepd started with
+	// --fault-injection only); "" clears the rules.
+	Fault string `json:"fault,omitempty"`
 }
 
 // Exit codes, after drbdsetup's where it has one.
@@ -69,13 +72,15 @@ type Status struct {
 
 // ResourceStatus is one resource on this node.
 type ResourceStatus struct {
-	Name      string       `json:"name"`
-	NodeID    int          `json:"node_id"`
-	Role      string       `json:"role"`
-	Disk      string       `json:"disk"`
-	SizeBytes int64        `json:"size_bytes"`
-	Clients   int          `json:"export_clients"`
-	Peers     []PeerStatus `json:"peers"`
+	Name      string `json:"name"`
+	NodeID    int    `json:"node_id"`
+	Role      string `json:"role"`
+	Disk      string `json:"disk"`
+	SizeBytes int64  `json:"size_bytes"`
+	Clients   int    `json:"export_clients"`
+	// DiskFailed: the local disk was detached after an I/O error (on-io-error detach).
+	DiskFailed bool         `json:"disk_failed,omitempty"`
+	Peers      []PeerStatus `json:"peers"`
 }
 
 // PeerStatus is one connection of a resource.

@@ -10,7 +10,7 @@ build:
 	$(GO) build -o $(BIN)/ ./cmd/...
 
 # Debian packages the tests drive (real NBD clients, fio, qemu tools, filesystems).
-APT_PKGS := libnbd-bin nbdfuse nbdkit fio qemu-utils nbd-server python3-libnbd e2fsprogs xfsprogs iproute2 iptables util-linux
+APT_PKGS := libnbd-bin nbdfuse nbdkit fio qemu-utils qemu-system-common nbd-server python3-libnbd e2fsprogs xfsprogs iproute2 iptables util-linux tgt sg3-utils
 deps:
 	@scripts/ensure-packages.sh $(APT_PKGS)
 
@@ -23,6 +23,13 @@ test-unit:
 
 demo: deps build
 	scripts/demo.sh
+
+# One benchmark run as /work/shared/BENCHMARKS.md prescribes (a few minutes): blockrep vs
+# nbdkit, nbd-server and a QEMU quorum. Prints the table; also writes it to bin/bench.md
+# (docs/PERFORMANCE.md is curated by hand). Extra flags: make bench BENCH_FLAGS='-only C,nbdkit'
+bench: deps build
+	@scripts/ensure-packages.sh qemu-system-common
+	$(GO) run ./scripts/bench -rounds 3 -md $(BIN)/bench.md $(BENCH_FLAGS)
 
 fmt:
 	gofmt -w $$(git ls-files '*.go')

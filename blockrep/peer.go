@@ -731,6 +731,16 @@ func (p *Peer) exchangeBitmaps(c *transport.Conn) error {
 // then starts a new generation, so the next handshake sees that it wrote without the peer.
 func (p *Peer) teardown(c *transport.Conn) {
 	v := p.v
+	// Fencing: losing an UpToDate peer while Primary. With resource-and-stonith the write
+	// path freezes before the peer's unconfirmed writes are completed below.
+	v.mu.Lock()
+	fence := p.cfg.Fencing != "" && p.cfg.Fencing != FencingDontCare && v.state.Role == Primary && p.inSyncLocked()
+	freeze := fence && p.cfg.Fencing == FencingResourceAndStonith && !v.otherInSyncLocked(p)
+	v.mu.Unlock()
+	if freeze {
+		p.log.Warn("lost the last UpToDate peer: I/O frozen until the fence-peer handler confirms it is fenced")
+		v.susp.freeze("fencing")
+	}
 	p.pendMu.Lock()
 	wasReplicating := p.replicating && p.link == c
 	p.replicating, p.link = false, nil
@@ -775,6 +785,19 @@ func (p *Peer) teardown(c *transport.Conn) {
 	}
 	v.mu.Unlock()
 	v.gate.Unlock()
+	if fence {
+		go p.fencePeer(freeze)
+	}
+}
+
+// otherInSyncLocked reports whether a peer other than p is connected with our data.
+func (v *Volume) otherInSyncLocked(p *Peer) bool {
+	for _, o := range v.peers {
+		if o != p && o.inSyncLocked() {
+			return true
+		}
+	}
+	return false
 }
 
 // inSyncLocked reports whether the peer receives our writes and has all our data.

@@ -304,6 +304,7 @@ func (p *Peer) resyncFinishedAsSource(c *transport.Conn) {
 	p.rs.end()
 	g := transport.Generation{Current: cur}
 	c.Send(transport.MsgRSDone, g.Encode(), nil)
+	go p.unfencePeer()
 }
 
 // isZero reports whether b holds only zero bytes.

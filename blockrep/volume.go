@@ -28,6 +28,8 @@ type Config struct {
 	// OnIOError is the policy for a failed local read or write: "detach" (default: stop
 	// using the disk, serve through the peers) or "pass_on" (return the error).
 	OnIOError string
+	// Handlers are DRBD's handlers (fence-peer, unfence-peer) by name: shell commands.
+	Handlers map[string]string
 }
 
 // PeerConfig is one connection of the volume.
@@ -48,6 +50,10 @@ type PeerConfig struct {
 	Resync     ResyncConfig
 	// Settings must be equal on both sides; a mismatch refuses the connection.
 	Settings string
+	// Fencing: dont-care (default), resource-only (run fence-peer when the connection
+	// to an UpToDate peer is lost while Primary), resource-and-stonith (also freeze
+	// writes until fence-peer confirms).
+	Fencing string
 }
 
 // ResyncConfig controls resync speed (DRBD's resync-rate and c-* options, in bytes).
@@ -87,6 +93,7 @@ type Volume struct {
 	// diskFailed: the local disk was detached after an I/O error (on-io-error detach);
 	// the volume serves through its peers.
 	diskFailed atomic.Bool
+	susp       suspension
 
 	mu        sync.Mutex
 	state     State
@@ -212,6 +219,7 @@ func Open(cfg Config) (*Volume, error) {
 		return nil, err
 	}
 	v := &Volume{cfg: cfg, log: log, dev: dev, mdev: mdev, conf: newConflicts()}
+	v.susp.init()
 	closeAll := func() {
 		dev.Close()
 		if mdev != dev {
@@ -440,6 +448,7 @@ func (v *Volume) Submit(r *Request, b *Batch) {
 		}
 	}
 	r.eng.reset(v, r)
+	v.susp.waitThawed()
 	v.gate.RLock()
 	if !v.primary.Load() { // demoted while we waited for the gate
 		v.gate.RUnlock()
@@ -568,6 +577,9 @@ func (e *reqEngine) partDone(err error, b *Batch) {
 			final = fmt.Errorf("%w: no replica holds the data (local disk detached, no peer connected)", ErrIO)
 		}
 	}
+	if v.susp.hold(r, final) {
+		return
+	}
 	r.Owner.Complete(r, final, b)
 }
 
@@ -594,6 +606,15 @@ func (v *Volume) Promote(force bool) error {
 		v.mu.Unlock()
 	}()
 
+	// With fencing, a peer we cannot reach must be known Outdated (or fenced now) before
+	// we write without it; --force takes the operator's word for it, as in DRBD.
+	if !force {
+		for _, p := range v.peers {
+			if err := p.fenceBeforePromotion(); err != nil {
+				return err
+			}
+		}
+	}
 	// Cluster-wide phase: every connected peer must agree that it is not Primary.
 	for _, p := range v.peers {
 		if err := p.askPromote(); err != nil {
@@ -709,6 +730,9 @@ func (v *Volume) Demote() error {
 		return nil
 	}
 	v.mu.Unlock()
+	if r := v.Suspended(); r != "" {
+		return refuse(nil, "I/O is suspended (%s): the peer is not confirmed fenced; fix that or run resume-io first", r)
+	}
 	v.primary.Store(false)
 	v.gate.Lock() // waits for submissions in progress
 	defer v.gate.Unlock()

@@ -317,6 +317,11 @@ func (d *Daemon) do(req control.Request, name string) error {
 		return r.vol.Invalidate()
 	case "fault":
 		return r.setFault(req.Fault)
+	case "resume-io":
+		if r.vol == nil {
+			return fmt.Errorf("%s: no local disk", name)
+		}
+		return r.vol.ResumeIO()
 	}
 	return fmt.Errorf("unknown verb %q", req.Verb)
 }
@@ -603,6 +608,7 @@ func (r *running) status() control.ResourceStatus {
 	st, peers := vol.Status()
 	rs.Role, rs.Disk, rs.SizeBytes = st.Role.String(), st.Disk.String(), vol.Size()
 	rs.DiskFailed = vol.DiskFailed()
+	rs.Suspended = vol.Suspended()
 	for _, p := range peers {
 		ps := control.PeerStatus{Node: p.Name, NodeID: p.NodeID, Connection: p.Conn.String(), Replication: p.Repl.String(),
 			PeerDisk: p.Disk.String(), PeerRole: p.Role.String(), Protocol: p.Protocol.String(),

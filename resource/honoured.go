@@ -19,7 +19,9 @@ func (r *Resource) NotHonoured(node string) []string {
 		add("quorum %s (quorum is not implemented yet)", r.Options.Quorum)
 	}
 	for name := range r.Handlers {
-		add("handler %s (handlers are not run yet)", name)
+		if name != "fence-peer" && name != "unfence-peer" {
+			add("handler %s (only fence-peer and unfence-peer are run)", name)
+		}
 	}
 	for name := range r.Startup {
 		add("startup option %s", name)
@@ -41,8 +43,8 @@ func (r *Resource) NotHonoured(node string) []string {
 	dn := DefaultNetOptions()
 	for _, p := range peers {
 		n := p.Net
-		if n.Fencing != dn.Fencing {
-			add("fencing %s (fencing is not implemented yet)", n.Fencing)
+		if n.Fencing != dn.Fencing && r.Handlers["fence-peer"] == "" {
+			add("fencing %s without a fence-peer handler: promotion with an unreachable peer is refused, and I/O frozen by resource-and-stonith needs resume-io", n.Fencing)
 		}
 		for _, alg := range []struct{ name, v string }{{"csums-alg", n.CsumsAlg}, {"verify-alg", n.VerifyAlg}, {"data-integrity-alg", n.DataIntegrityAlg}} {
 			if alg.v != "" {

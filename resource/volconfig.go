@@ -27,7 +27,7 @@ func (r *Resource) VolumeConfig(node string, log *slog.Logger) (blockrep.Config,
 	cfg := blockrep.Config{
 		Resource: r.Name, NodeID: h.NodeID, NodeName: h.Name, Disk: h.Disk, MetaDisk: h.MetaDisk,
 		ALExtents: r.Disk.ALExtents, ALUpdates: r.Disk.ALUpdates, Logger: log,
-		OnIOError: r.Disk.OnIOError,
+		OnIOError: r.Disk.OnIOError, Handlers: r.Handlers,
 	}
 	if cfg.OnIOError == "call-local-io-error" {
 		cfg.OnIOError = "detach" // handlers are not run: detach is the safe part of it
@@ -45,7 +45,7 @@ func (r *Resource) VolumeConfig(node string, log *slog.Logger) (blockrep.Config,
 			Timeout: n.Timeout, PingInt: n.PingInt, ConnectInt: n.ConnectInt, MaxBuffers: n.MaxBuffers,
 			Resync: blockrep.ResyncConfig{Rate: p.Disk.ResyncRate, PlanAhead: p.Disk.CPlanAhead,
 				FillTarget: p.Disk.CFillTarget, MaxRate: p.Disk.CMaxRate, MinRate: p.Disk.CMinRate},
-			Settings: settings(n),
+			Settings: settings(n), Fencing: n.Fencing,
 		})
 	}
 	return cfg, nil

@@ -132,6 +132,7 @@ func commands() []*cli.Command {
 		daemonVerb("primary", "promote this node", &cli.BoolFlag{Name: "force", Usage: "declare local data UpToDate (fresh resources, lost peers)"}),
 		daemonVerb("secondary", "demote this node", &cli.BoolFlag{Name: "force", Usage: "drop NBD clients that still hold the export"}),
 		daemonVerb("invalidate", "discard local data and resync it all from a peer"),
+		daemonVerb("resume-io", "resume I/O frozen by fencing (the operator vouches that the peer is fenced)"),
 		{
 			Name: "status", Usage: "show resource state", ArgsUsage: "[RESOURCE|all]",
 			Flags:  []cli.Flag{&cli.BoolFlag{Name: "json", Usage: "machine-readable output"}},

@@ -79,8 +79,10 @@ type ResourceStatus struct {
 	SizeBytes int64  `json:"size_bytes"`
 	Clients   int    `json:"export_clients"`
 	// DiskFailed: the local disk was detached after an I/O error (on-io-error detach).
-	DiskFailed bool         `json:"disk_failed,omitempty"`
-	Peers      []PeerStatus `json:"peers"`
+	DiskFailed bool `json:"disk_failed,omitempty"`
+	// Suspended says why writes are frozen ("fencing"), or is empty.
+	Suspended string       `json:"suspended,omitempty"`
+	Peers     []PeerStatus `json:"peers"`
 }
 
 // PeerStatus is one connection of a resource.

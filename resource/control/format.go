@@ -15,7 +15,11 @@ func FormatStatus(w io.Writer, st *Status) {
 		if i > 0 {
 			fmt.Fprintln(w)
 		}
-		fmt.Fprintf(w, "%s role:%s\n", r.Name, r.Role)
+		if r.Suspended != "" {
+			fmt.Fprintf(w, "%s role:%s suspended:%s\n", r.Name, r.Role, r.Suspended)
+		} else {
+			fmt.Fprintf(w, "%s role:%s\n", r.Name, r.Role)
+		}
 		fmt.Fprintf(w, "  disk:%s\n", r.Disk)
 		for _, p := range r.Peers {
 			if p.Connection != "Connected" {

@@ -45,7 +45,8 @@ type Peer struct {
 
 	lastRecv atomic.Int64 // unix nanoseconds of the last input
 
-	wentLive bool // the current session got past its handshake (manager goroutine only)
+	wentLive bool   // the current session got past its handshake (manager goroutine only)
+	zbuf     []byte // receive loop scratch for resync zero ranges
 
 	rs resyncStats
 }

@@ -207,7 +207,7 @@ func (p *Peer) applyResync(c *transport.Conn, t transport.MsgType, payload []byt
 	}
 	off, n := int64(d.Off), int64(d.Len)
 	if t == transport.MsgRSZero {
-		err = v.data.Zero(off, n, 0) // punches a hole on files: sparse stays sparse
+		err = p.zeroForResync(off, n)
 	} else {
 		err = v.data.WriteAt(data, off, 0)
 	}
@@ -638,4 +638,29 @@ func (p *Peer) sendOutOfSync(off, n int64) {
 	c.WriteDataLocked(transport.MsgOutOfSync, &d, nil)
 	c.FlushLocked()
 	c.Unlock()
+}
+
+// zeroForResync makes a range read as zeroes without disturbing its allocation: a range
+// that already reads as zeroes (a hole, or a fresh preallocated disk) is left alone, so
+// a sparse disk stays sparse and a preallocated one stays allocated.
+func (p *Peer) zeroForResync(off, n int64) error {
+	v := p.v
+	if m, ok := v.dev.(ExtentMapper); ok {
+		allHole := true
+		m.Extents(off, n, func(_, _ int64, hole bool) bool {
+			allHole = allHole && hole
+			return allHole
+		})
+		if allHole {
+			return nil
+		}
+	}
+	if cap(p.zbuf) < int(n) {
+		p.zbuf = make([]byte, n)
+	}
+	buf := p.zbuf[:n]
+	if err := v.data.ReadAt(buf, off); err == nil && isZero(buf) {
+		return nil
+	}
+	return v.data.Zero(off, n, FlagNoHole)
 }

@@ -6,6 +6,9 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
+	"net/http"
+	_ "net/http/pprof"
 	"os/signal"
 	"syscall"
 
@@ -22,6 +25,7 @@ func DaemonMain(args []string, stderr io.Writer) int {
 	fs.StringVar(&d.RunDir, "run-dir", control.DefaultRunDir, "run directory (control socket, NBD exports)")
 	level := fs.String("log-level", "info", "debug|info|warn|error")
 	fs.BoolVar(&d.FaultInjection, "fault-injection", false, "test only: let the control socket inject disk errors")
+	debugAddr := fs.String("debug-addr", "", "serve Go pprof profiles on this address (e.g. 127.0.0.1:6060); off by default")
 	if err := fs.Parse(args); err != nil {
 		return 1
 	}
@@ -35,6 +39,14 @@ func DaemonMain(args []string, stderr io.Writer) int {
 		return 1
 	}
 	d.Log = slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: lv})).With("node", d.Node)
+	if *debugAddr != "" {
+		ln, err := net.Listen("tcp", *debugAddr)
+		if err != nil {
+			fmt.Fprintf(stderr, "blockrepd: --debug-addr: %v\n", err)
+			return 1
+		}
+		go http.Serve(ln, nil) // net/http/pprof registers on the default mux
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	if err := d.Run(ctx); err != nil {

@@ -25,6 +25,7 @@ func DaemonMain(args []string, stderr io.Writer) int {
 	fs.StringVar(&d.RunDir, "run-dir", control.DefaultRunDir, "run directory (control socket, NBD exports)")
 	level := fs.String("log-level", "info", "debug|info|warn|error")
 	fs.BoolVar(&d.FaultInjection, "fault-injection", false, "test only: let the control socket inject disk errors")
+	batch := fs.Bool("sched-batch", true, "run under SCHED_BATCH (fewer preemptions on wake-ups)")
 	debugAddr := fs.String("debug-addr", "", "serve Go pprof profiles on this address (e.g. 127.0.0.1:6060); off by default")
 	if err := fs.Parse(args); err != nil {
 		return 1
@@ -39,6 +40,11 @@ func DaemonMain(args []string, stderr io.Writer) int {
 		return 1
 	}
 	d.Log = slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: lv})).With("node", d.Node)
+	if *batch {
+		if err := batchScheduling(); err != nil {
+			d.Log.Warn("cannot switch to SCHED_BATCH", "err", err)
+		}
+	}
 	if *debugAddr != "" {
 		ln, err := net.Listen("tcp", *debugAddr)
 		if err != nil {

@@ -1,6 +1,9 @@
-// Package clustertest runs real blockrepd processes on loopback for integration tests:
-// it writes a .res file, creates backing files and metadata, starts and kills daemons,
-// and drives them with the real blockrepadm.
+// Package clustertest runs real blockrepd processes for integration tests: it writes a
+// .res file, creates backing files and metadata, starts and kills daemons, and drives
+// them with the real blockrepadm. By default every node listens on 127.0.0.1; with
+// Options.Network each node gets its own network namespace (or, where namespaces are
+// not available, its own 127.0.0.x address behind an in-process proxy), so that tests
+// can cut, mend and throttle the links between nodes (network.go).
 package clustertest
 
 import (
@@ -79,15 +82,22 @@ type Options struct {
 	Net string
 	// Disk is extra text for the resource's disk section.
 	Disk string
+	// Network places the nodes: Loopback (default), Netns or Proxied (see network.go).
+	Network NetMode
+	// FaultInjection starts the daemons with --fault-injection (the "fault" verb).
+	FaultInjection bool
 }
 
 // Node is one blockrepd.
 type Node struct {
 	Name   string
 	ID     int
+	Addr   string // the IP the peer listener binds
 	Port   int
 	Disk   string
 	RunDir string
+	// NS is the node's network namespace (Netns mode), else "".
+	NS string
 
 	c   *Cluster
 	cmd *exec.Cmd
@@ -105,6 +115,9 @@ type Cluster struct {
 	Res   string
 	Nodes []*Node
 	Size  int64
+
+	opts Options
+	net  *network
 }
 
 var names = []string{"alpha", "beta", "gamma", "delta"}
@@ -129,10 +142,10 @@ func New(t testing.TB, o Options) *Cluster {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c := &Cluster{T: t, Dir: dir, Conf: filepath.Join(dir, "conf"), Bin: Binaries(t), Res: o.Resource, Size: o.Size}
+	c := &Cluster{T: t, Dir: dir, Conf: filepath.Join(dir, "conf"), Bin: Binaries(t), Res: o.Resource, Size: o.Size, opts: o}
 	os.MkdirAll(c.Conf, 0o755)
 	for i := 0; i < o.Nodes; i++ {
-		n := &Node{Name: names[i], ID: i, Port: freePort(t), c: c,
+		n := &Node{Name: names[i], ID: i, Addr: "127.0.0.1", c: c,
 			Disk: filepath.Join(dir, names[i]+".img"), RunDir: filepath.Join(dir, "run-"+names[i])}
 		n.log = filepath.Join(dir, names[i]+".log")
 		if err := os.WriteFile(n.Disk, nil, 0o600); err != nil {
@@ -144,18 +157,26 @@ func New(t testing.TB, o Options) *Cluster {
 		os.MkdirAll(n.RunDir, 0o700)
 		c.Nodes = append(c.Nodes, n)
 	}
+	// Cleanup is registered before the network exists so that a failed setup is
+	// undone too.
+	t.Cleanup(c.cleanup)
+	if err := c.setupNetwork(); err != nil {
+		t.Fatal(err)
+	}
 	if err := os.WriteFile(filepath.Join(c.Conf, o.Resource+".res"), []byte(c.resFile(o)), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(c.cleanup)
 	for _, n := range c.Nodes {
 		c.MustAdm(n, "create-md", c.Res)
 	}
 	return c
 }
 
-func freePort(t testing.TB) int {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+func freePort(t testing.TB) int { return freePortOn(t, "127.0.0.1") }
+
+// freePortOn finds a TCP port that is free on ip now.
+func freePortOn(t testing.TB, ip string) int {
+	l, err := net.Listen("tcp", net.JoinHostPort(ip, "0"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -170,18 +191,21 @@ func (c *Cluster) resFile(o Options) string {
 		fmt.Fprintf(&b, "    disk {\n%s    }\n", o.Disk)
 	}
 	for _, n := range c.Nodes {
-		fmt.Fprintf(&b, "    on %s {\n        node-id %d;\n        address 127.0.0.1:%d;\n        disk %s;\n        meta-disk internal;\n    }\n",
-			n.Name, n.ID, n.Port, n.Disk)
+		fmt.Fprintf(&b, "    on %s {\n        node-id %d;\n        address %s;\n        disk %s;\n        meta-disk internal;\n    }\n",
+			n.Name, n.ID, net.JoinHostPort(n.Addr, fmt.Sprint(n.Port)), n.Disk)
 	}
-	if len(o.Conns) > 0 {
+	// Explicit connections when a protocol differs per connection, or when the peers
+	// must dial each other through the proxies (Proxied: each host's address in a
+	// connection is its proxy's, which forwards to its listener).
+	if len(o.Conns) > 0 || c.net.proxied() {
 		for i := range c.Nodes {
 			for j := i + 1; j < len(c.Nodes); j++ {
 				p := o.Protocol
 				if q, ok := o.Conns[[2]int{i, j}]; ok {
 					p = q
 				}
-				fmt.Fprintf(&b, "    connection {\n        host %s;\n        host %s;\n        net { protocol %s; }\n    }\n",
-					c.Nodes[i].Name, c.Nodes[j].Name, p)
+				fmt.Fprintf(&b, "    connection {\n        host %s%s;\n        host %s%s;\n        net { protocol %s; }\n    }\n",
+					c.Nodes[i].Name, c.net.connAddress(i, j), c.Nodes[j].Name, c.net.connAddress(j, i), p)
 			}
 		}
 	}
@@ -196,7 +220,15 @@ func (c *Cluster) Start(n *Node) {
 	if err != nil {
 		c.T.Fatal(err)
 	}
-	cmd := exec.Command(filepath.Join(c.Bin, "blockrepd"), "--config", c.Conf, "--node", n.Name, "--run-dir", n.RunDir, "--log-level", "debug")
+	args := []string{filepath.Join(c.Bin, "blockrepd"), "--config", c.Conf, "--node", n.Name, "--run-dir", n.RunDir, "--log-level", "debug"}
+	if c.opts.FaultInjection {
+		args = append(args, "--fault-injection")
+	}
+	if n.NS != "" {
+		// ip netns exec execs the daemon, so the process we signal is blockrepd itself.
+		args = append([]string{"ip", "netns", "exec", n.NS}, args...)
+	}
+	cmd := exec.Command(args[0], args[1:]...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := cmd.Start(); err != nil {
@@ -256,6 +288,10 @@ func (c *Cluster) Stop(n *Node) {
 func (c *Cluster) cleanup() {
 	for _, n := range c.Nodes {
 		c.Kill(n)
+	}
+	// Namespaces, firewall rules, qdiscs and proxies go once no daemon uses them.
+	if err := c.net.teardown(); err != nil {
+		c.T.Errorf("network cleanup: %v", err)
 	}
 	if c.T.Failed() {
 		for _, n := range c.Nodes {

@@ -1,0 +1,382 @@
+package soak
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/blockrep/blockrep/resource/clustertest"
+	"github.com/blockrep/blockrep/resource/control"
+)
+
+// Options are the parts of a trial that do not come from its seed.
+type Options struct {
+	// Network is Netns or Proxied; "" picks Netns where it works (see PickNetwork).
+	Network clustertest.NetMode
+}
+
+// Result is what one trial did and found.
+type Result struct {
+	Plan     Plan
+	Network  clustertest.NetMode
+	Faults   map[Kind]int // injected
+	Skipped  map[Kind]int // not applicable when their moment came (the transcript says why)
+	Acked    int          // acknowledged writes of the surviving lineage, all checked
+	Flushed  int          // of those, covered by an acknowledged FLUSH
+	Failed   int          // writes that failed or were in flight at a crash (may or may not be there)
+	Reads    int64        // reads checked against the history while the trial ran
+	Blocks   int64        // blocks read back and checked at the end
+	Fio      bool         // fio's verify state was checked too
+	Failures []string
+	Duration time.Duration
+	Dir      string // the trial's files, kept when it failed
+}
+
+// trial runs one Plan against a real cluster. Its methods run on the test's goroutine;
+// only the workload and the poller have goroutines of their own.
+type trial struct {
+	t    testing.TB
+	plan Plan
+	c    *clustertest.Cluster
+	res  *Result
+
+	start      time.Time
+	transcript *os.File
+	lines      []string
+
+	w       *Workload
+	primary *clustertest.Node
+	poll    *poller
+	fio     *fioRun
+	// aborted: a step left the cluster in a state the plan cannot go on from; the
+	// remaining steps are skipped, the cluster is healed and checked all the same.
+	aborted bool
+	// hung: some request or command never returned; the daemons were dumped and
+	// killed, nothing more can be checked.
+	hung bool
+}
+
+const (
+	waitLong   = 90 * time.Second // convergence after all faults
+	waitMedium = 30 * time.Second
+	waitShort  = 15 * time.Second
+	pauseLimit = 60 * time.Second // a request unanswered this long is a hang
+)
+
+// Run runs one trial; the failures are reported to t as they are found and returned
+// in the Result.
+func Run(t testing.TB, p Plan, o Options) *Result {
+	t.Helper()
+	if o.Network == "" {
+		o.Network = PickNetwork()
+	}
+	tr := &trial{t: t, plan: p, start: time.Now(),
+		res: &Result{Plan: p, Network: o.Network, Faults: map[Kind]int{}, Skipped: map[Kind]int{}}}
+	defer func() { tr.res.Duration = time.Since(tr.start) }()
+	defer tr.finish()
+	tr.setup(o)
+	for i, st := range p.Steps {
+		if tr.aborted || tr.hung {
+			tr.logf("step %d (%s) not run: the trial was aborted", i+1, st.Kind)
+			continue
+		}
+		tr.sleep(st.After)
+		tr.logf("step %d: %s", i+1, st.Kind)
+		tr.inject(st)
+	}
+	if !tr.hung {
+		tr.heal()
+	}
+	if !tr.hung {
+		tr.check()
+	}
+	return tr.res
+}
+
+var (
+	pickOnce sync.Once
+	picked   clustertest.NetMode
+)
+
+// PickNetwork is Netns where network namespaces work (root, ip netns), else Proxied,
+// saying so once.
+func PickNetwork() clustertest.NetMode {
+	pickOnce.Do(func() {
+		picked = clustertest.Netns
+		if err := clustertest.NetnsAvailable(); err != nil {
+			picked = clustertest.Proxied
+			fmt.Printf("soak: network namespaces unavailable (%v): nodes use 127.0.0.x addresses behind in-process proxies\n", err)
+		}
+	})
+	return picked
+}
+
+func (tr *trial) setup(o Options) {
+	p := tr.plan
+	tr.c = clustertest.New(tr.t, clustertest.Options{Nodes: p.Nodes, Size: diskSize, Network: o.Network, FaultInjection: true})
+	tr.res.Dir = tr.c.Dir
+	f, err := os.Create(filepath.Join(tr.c.Dir, "trial.log"))
+	if err != nil {
+		tr.t.Fatal(err)
+	}
+	tr.transcript = f
+	tr.logf("%s", p)
+	tr.logf("network: %s; files in %s", o.Network, tr.c.Dir)
+	tr.c.StartAll()
+	tr.primary = tr.c.Nodes[p.First]
+	if err := tr.waitUntil("every node connected", waitMedium, func() bool { return tr.allConnected() }); err != nil {
+		tr.fatal("%v", err)
+	}
+	if err := tr.promote(tr.primary, true); err != nil {
+		tr.fatal("initial primary --force: %v", err)
+	}
+	if err := tr.waitAllInSync(waitMedium); err != nil {
+		tr.fatal("initial full sync: %v", err)
+	}
+	tr.poll = startPoller(tr)
+	tr.w = StartWorkload(WorkloadConfig{Resource: tr.c.Res, Seed: p.Seed, SpanOff: p.SpanOff, SpanLen: p.SpanLen, Writers: p.Writers},
+		NewHistory(), tr.primary.ExportPath())
+	if p.Fio {
+		tr.fio = startFio(tr, tr.primary)
+	}
+	tr.logf("workload started on %s", tr.primary.Name)
+}
+
+// finish stops what setup started, even after a fatal error.
+func (tr *trial) finish() {
+	if tr.w != nil {
+		tr.w.Stop(5 * time.Second)
+	}
+	if tr.fio != nil {
+		tr.fio.kill()
+	}
+	if tr.poll != nil {
+		tr.poll.halt()
+	}
+	if tr.transcript != nil {
+		if len(tr.res.Failures) > 0 {
+			tr.t.Logf("transcript of seed %d:\n%s", tr.plan.Seed, strings.Join(tr.lines, "\n"))
+		}
+		tr.transcript.Close()
+	}
+}
+
+// logf appends a line to the trial's transcript (trial.log in its directory, and the
+// test log when the trial fails).
+func (tr *trial) logf(format string, a ...any) {
+	line := fmt.Sprintf("[%7.3fs] ", time.Since(tr.start).Seconds()) + fmt.Sprintf(format, a...)
+	tr.lines = append(tr.lines, line)
+	if tr.transcript != nil {
+		fmt.Fprintln(tr.transcript, line)
+	}
+}
+
+// fail records a failure of the guarantees (or of the harness's expectations).
+func (tr *trial) fail(format string, a ...any) {
+	msg := fmt.Sprintf(format, a...)
+	tr.logf("FAILURE: %s", msg)
+	tr.res.Failures = append(tr.res.Failures, msg)
+	tr.t.Errorf("seed %d: %s", tr.plan.Seed, msg)
+}
+
+// fatal is a failure after which the trial cannot go on.
+func (tr *trial) fatal(format string, a ...any) {
+	tr.fail(format, a...)
+	tr.t.FailNow()
+}
+
+// hang records a request or command that never returned: every daemon is asked for a
+// goroutine dump (into its log) and killed.
+func (tr *trial) hang(format string, a ...any) {
+	tr.fail("hang: "+format, a...)
+	tr.hung = true
+	for _, n := range tr.c.Nodes {
+		tr.c.DumpGoroutines(n)
+	}
+	tr.logf("goroutine dumps are in the node logs in %s", tr.c.Dir)
+}
+
+func (tr *trial) skip(k Kind, format string, a ...any) {
+	tr.res.Skipped[k]++
+	tr.logf("skipped %s: %s", k, fmt.Sprintf(format, a...))
+}
+
+func (tr *trial) sleep(d time.Duration) { time.Sleep(d) }
+
+// waitUntil polls cond every 20 ms for at most timeout.
+func (tr *trial) waitUntil(what string, timeout time.Duration, cond func() bool) error {
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			return fmt.Errorf("timed out after %s waiting for %s; %s", timeout, what, tr.describe())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return nil
+}
+
+func (tr *trial) status(n *clustertest.Node) (control.ResourceStatus, error) {
+	return tr.c.TryStatus(n, 5*time.Second)
+}
+
+// peer is n's view of p; false when n cannot answer.
+func (tr *trial) peer(n, p *clustertest.Node) (control.ResourceStatus, control.PeerStatus, bool) {
+	s, err := tr.status(n)
+	if err != nil {
+		return s, control.PeerStatus{}, false
+	}
+	for _, ps := range s.Peers {
+		if ps.Node == p.Name {
+			return s, ps, true
+		}
+	}
+	return s, control.PeerStatus{}, false
+}
+
+// inSync: a and b are both UpToDate and replicate with each other (Connected,
+// Established, each side's view). A Primary must also know its peer UpToDate: that
+// view decides what it replicates and which generation the peer adopts. A Secondary's
+// view of another Secondary's disk is not required, as the engine does not keep it
+// current (TestBugSecondariesSeeEachOtherInconsistentAfterResync).
+func (tr *trial) inSync(a, b *clustertest.Node) bool {
+	sa, pa, ok := tr.peer(a, b)
+	if !ok {
+		return false
+	}
+	sb, pb, ok := tr.peer(b, a)
+	if !ok {
+		return false
+	}
+	live := func(s control.ResourceStatus, p control.PeerStatus) bool {
+		return s.Disk == "UpToDate" && p.Connection == "Connected" && p.Replication == "Established" &&
+			(s.Role != "Primary" || p.PeerDisk == "UpToDate")
+	}
+	return live(sa, pa) && live(sb, pb)
+}
+
+func (tr *trial) allConnected() bool {
+	for _, a := range tr.c.Nodes {
+		for _, b := range tr.c.Nodes {
+			if _, ps, ok := tr.peer(a, b); a != b && (!ok || ps.Connection != "Connected") {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+func (tr *trial) waitAllInSync(timeout time.Duration) error {
+	return tr.waitUntil("every pair in sync", timeout, func() bool {
+		for i, a := range tr.c.Nodes {
+			for _, b := range tr.c.Nodes[i+1:] {
+				if !tr.inSync(a, b) {
+					return false
+				}
+			}
+		}
+		return true
+	})
+}
+
+// describe is every node's status in one line each, for failure messages.
+func (tr *trial) describe() string {
+	var b strings.Builder
+	b.WriteString("status:")
+	for _, n := range tr.c.Nodes {
+		s, err := tr.status(n)
+		if err != nil {
+			fmt.Fprintf(&b, "\n  %s: %v", n.Name, err)
+			continue
+		}
+		fmt.Fprintf(&b, "\n  %s: %s %s", n.Name, s.Role, s.Disk)
+		if s.DiskFailed {
+			b.WriteString(" (disk failed)")
+		}
+		for _, p := range s.Peers {
+			fmt.Fprintf(&b, "; %s %s %s %s/%s", p.Node, p.Connection, p.Replication, p.PeerRole, p.PeerDisk)
+			if p.OutOfSyncBytes > 0 {
+				fmt.Fprintf(&b, " oos=%dK", p.OutOfSyncBytes>>10)
+			}
+			if p.SplitBrain {
+				b.WriteString(" split-brain")
+			}
+			if p.Reason != "" {
+				fmt.Fprintf(&b, " (%s)", p.Reason)
+			}
+		}
+	}
+	return b.String()
+}
+
+func (tr *trial) secondaries() []*clustertest.Node {
+	var out []*clustertest.Node
+	for _, n := range tr.c.Nodes {
+		if n != tr.primary {
+			out = append(out, n)
+		}
+	}
+	return out
+}
+
+func (tr *trial) others(n *clustertest.Node) []*clustertest.Node {
+	var out []*clustertest.Node
+	for _, o := range tr.c.Nodes {
+		if o != n {
+			out = append(out, o)
+		}
+	}
+	return out
+}
+
+func (tr *trial) adm(n *clustertest.Node, args ...string) error {
+	err := tr.c.TryAdm(n, append(args, tr.c.Res)...)
+	if err != nil {
+		tr.logf("%s: blockrepadm %s: %v", n.Name, strings.Join(args, " "), err)
+	} else {
+		tr.logf("%s: blockrepadm %s", n.Name, strings.Join(args, " "))
+	}
+	return err
+}
+
+func (tr *trial) kill(n *clustertest.Node) {
+	tr.c.Kill(n)
+	tr.logf("kill -9 %s", n.Name)
+}
+
+// restart starts a node's daemon and brings the resource up.
+func (tr *trial) restart(n *clustertest.Node) error {
+	tr.c.Start(n)
+	tr.logf("%s: blockrepd restarted", n.Name)
+	return tr.adm(n, "up")
+}
+
+// promote makes n Primary and points the workload at it.
+func (tr *trial) promote(n *clustertest.Node, force bool) error {
+	args := []string{"primary"}
+	if force {
+		args = append(args, "--force")
+	}
+	if err := tr.adm(n, args...); err != nil {
+		return err
+	}
+	tr.primary = n
+	if tr.w != nil {
+		tr.w.SetTarget(n.ExportPath())
+	}
+	return nil
+}
+
+// demote pauses the workload (and lets fio finish) and makes the Primary Secondary.
+// The caller resumes the workload once there is a Primary again.
+func (tr *trial) demote() error {
+	if err := tr.w.Pause(pauseLimit); err != nil {
+		tr.hang("pausing the workload on %s: %v", tr.primary.Name, err)
+		return err
+	}
+	tr.fio.wait()
+	return tr.adm(tr.primary, "secondary")
+}

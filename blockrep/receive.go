@@ -3,7 +3,6 @@ package blockrep
 import (
 	"errors"
 	"fmt"
-	"sync"
 	"time"
 
 	"github.com/blockrep/blockrep/transport"
@@ -36,7 +35,7 @@ func (p *Peer) receive(c *transport.Conn) error {
 	}
 }
 
-func (p *Peer) handle(c *transport.Conn, t transport.MsgType, payload []byte, b *Batch, fl *peerFlusher) error {
+func (p *Peer) handle(c *transport.Conn, t transport.MsgType, payload []byte, b *Batch, fl *groupCommit[uint64]) error {
 	switch t {
 	case transport.MsgWrite, transport.MsgTrim, transport.MsgZero:
 		return p.applyData(c, t, payload, b)
@@ -370,75 +369,25 @@ func (p *Peer) submitFlush(r *Request, diskless bool) {
 	c.Unlock()
 }
 
-// peerFlusher performs the peer side of FLUSH: one fdatasync covers every write applied
-// before the Flush arrived (the receiver applies in order), so flushes queue here while
-// the receiver goes on, and the ones that queue up during a sync share the next.
-type peerFlusher struct {
-	p     *Peer
-	c     *transport.Conn
-	mu    sync.Mutex
-	cond  sync.Cond
-	ids   []uint64
-	spare []uint64
-	quit  bool
-	done  chan struct{}
-}
-
-func newPeerFlusher(p *Peer, c *transport.Conn) *peerFlusher {
-	f := &peerFlusher{p: p, c: c, done: make(chan struct{})}
-	f.cond.L = &f.mu
-	go f.run()
-	return f
-}
-
-func (f *peerFlusher) enqueue(id uint64) {
-	f.mu.Lock()
-	f.ids = append(f.ids, id)
-	f.mu.Unlock()
-	f.cond.Signal()
-}
-
-func (f *peerFlusher) run() {
-	defer close(f.done)
-	for {
-		f.mu.Lock()
-		for len(f.ids) == 0 && !f.quit {
-			f.cond.Wait()
+// newPeerFlusher is the peer side of FLUSH: one fdatasync covers every write applied
+// before the Flush arrived (the receive loop applies in order), so flush ids queue while
+// the receive loop goes on, and the acks go out once the sync is done.
+func newPeerFlusher(p *Peer, c *transport.Conn) *groupCommit[uint64] {
+	return newGroupCommit(p.v.data.Flush, func(ids []uint64, err error) {
+		t, code := transport.MsgFlushAck, uint32(0)
+		if err != nil {
+			p.log.Error("flush failed", "err", err)
+			p.v.localIOError("flush", 0, err)
+			t, code = transport.MsgNegAck, 1
 		}
-		if f.quit {
-			f.mu.Unlock()
-			return
-		}
-		ids := f.ids
-		f.ids = f.spare[:0]
-		f.mu.Unlock()
-		t := transport.MsgFlushAck
-		if err := f.p.v.data.Flush(); err != nil {
-			f.p.log.Error("flush failed", "err", err)
-			t = transport.MsgNegAck
-		}
-		f.c.Lock()
+		c.Lock()
 		for _, id := range ids {
-			a := transport.Ack{ID: id}
-			if t == transport.MsgNegAck {
-				a.Code = 1
-			}
-			f.c.WriteAckLocked(t, &a)
+			a := transport.Ack{ID: id, Code: code}
+			c.WriteAckLocked(t, &a)
 		}
-		f.c.FlushLocked()
-		f.c.Unlock()
-		f.mu.Lock()
-		f.spare = ids[:0]
-		f.mu.Unlock()
-	}
-}
-
-func (f *peerFlusher) stop() {
-	f.mu.Lock()
-	f.quit = true
-	f.mu.Unlock()
-	f.cond.Signal()
-	<-f.done
+		c.FlushLocked()
+		c.Unlock()
+	})
 }
 
 // adoptGeneration follows the Primary to a new current generation when we hold the

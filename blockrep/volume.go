@@ -82,7 +82,7 @@ type Volume struct {
 	size int64
 
 	conf    *conflicts
-	flusher *flusher
+	flusher *groupCommit[*Request]
 
 	// gate: Submit holds it shared; handshakes and generation changes hold it
 	// exclusively so that a bitmap or generation snapshot sees no write half-submitted.
@@ -465,7 +465,7 @@ func (v *Volume) Submit(r *Request, b *Batch) {
 			r.eng.localDone(nil, false, b)
 			return
 		}
-		v.flusher.enqueue(r)
+		v.submitLocalFlush(r)
 		return
 	}
 	v.conf.acquire(r.Off, r.Len, r)
@@ -771,7 +771,7 @@ func (v *Volume) flushAll() error {
 		var b Batch
 		r.eng.localDone(nil, false, &b)
 	} else {
-		v.flusher.enqueue(r)
+		v.submitLocalFlush(r)
 	}
 	select {
 	case err := <-done:

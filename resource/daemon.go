@@ -15,6 +15,7 @@ import (
 
 	"github.com/blockrep/blockrep/blockrep"
 	"github.com/blockrep/blockrep/blockrep/nbd"
+	"github.com/blockrep/blockrep/fence"
 	"github.com/blockrep/blockrep/resource/control"
 	"github.com/blockrep/blockrep/transport"
 )
@@ -48,6 +49,9 @@ type running struct {
 	vol    *blockrep.Volume // nil while detached (Diskless)
 	wanted bool             // connections wanted (up/connect) — restored on attach
 	faulty []*blockrep.FaultyDevice
+	// shared is set instead of vol for a shared-storage resource (one LUN, no
+	// replication, the writer protected by a SCSI persistent reservation).
+	shared *fence.Shared
 
 	peerLn  net.Listener
 	exports *nbd.Server
@@ -214,6 +218,9 @@ func (d *Daemon) handle(req control.Request) control.Response {
 	}
 	d.cmdMu.Lock()
 	defer d.cmdMu.Unlock()
+	if req.Verb == "fence-status" {
+		return d.fenceStatus(req)
+	}
 	if req.Resource == "" {
 		return fail(control.CodeUsage, fmt.Errorf("%s needs a resource name or \"all\"", req.Verb))
 	}
@@ -279,6 +286,9 @@ func (d *Daemon) do(req control.Request, name string) error {
 			return err
 		}
 		return fmt.Errorf("%s is not up (run: blockrepadm up %s)", name, name)
+	}
+	if r.shared != nil {
+		return r.doShared(req)
 	}
 	switch req.Verb {
 	case "down":
@@ -356,6 +366,9 @@ func (d *Daemon) up(name string) (*running, error) {
 	}
 	host, _ := res.Host(d.Node)
 	log := d.Log.With("resource", name)
+	if res.Shared() {
+		return d.upShared(res, host, log)
+	}
 	vcfg, err := res.VolumeConfig(d.Node, d.Log)
 	if err != nil {
 		return nil, err
@@ -472,6 +485,12 @@ func (r *running) identify(h transport.Hello) (transport.Identity, error) {
 func (r *running) lookupExport(name string) (*nbd.Export, error) {
 	if name != "" && name != r.cfg.Name {
 		return nil, fmt.Errorf("%w: %q (this socket serves %s)", nbd.ErrUnknownExport, name, r.cfg.Name)
+	}
+	if r.shared != nil {
+		if !r.shared.Primary() {
+			return nil, fmt.Errorf("%s: %s does not hold the reservation; the export is served by the Primary", r.cfg.Name, r.d.Node)
+		}
+		return &nbd.Export{Name: r.cfg.Name, Description: fmt.Sprintf("blockrep %s (shared) on %s", r.cfg.Name, r.d.Node), Backend: r.shared}, nil
 	}
 	vol := r.volume()
 	if vol == nil {
@@ -596,6 +615,9 @@ func (r *running) status() control.ResourceStatus {
 	if r.exports != nil {
 		rs.Clients = r.exports.Clients(r.cfg.Name)
 	}
+	if r.shared != nil {
+		return r.sharedStatus(rs)
+	}
 	vol := r.volume()
 	if vol == nil {
 		for _, p := range r.vcfg.Peers {
@@ -641,7 +663,7 @@ func CreateMD(configDir, node, name string, maxPeers int, force bool) (blockrep.
 
 // openFaulty opens a device wrapped for fault injection (--fault-injection).
 func (r *running) openFaulty(path string) (blockrep.Device, error) {
-	d, err := blockrep.OpenFile(path, 0, false)
+	d, err := deviceOpener(r.host)(path)
 	if err != nil {
 		return nil, err
 	}

@@ -1,10 +1,16 @@
 package resource
 
 import (
+	"context"
 	"fmt"
 	"log/slog"
+	"strings"
+	"time"
 
 	"github.com/blockrep/blockrep/blockrep"
+	"github.com/blockrep/blockrep/fence"
+	"github.com/blockrep/blockrep/fence/iscsi"
+	"github.com/blockrep/blockrep/fence/scsi"
 )
 
 // VolumeConfig is the engine's configuration of resource r on node: the local host's
@@ -17,8 +23,8 @@ func (r *Resource) VolumeConfig(node string, log *slog.Logger) (blockrep.Config,
 	if h.Disk == "none" || h.Disk == "" {
 		return blockrep.Config{}, fmt.Errorf("%s: %s has no disk (diskless nodes are not supported yet)", h.Pos, node)
 	}
-	if r.Options.Storage == "shared" {
-		return blockrep.Config{}, fmt.Errorf("%s: storage shared is not supported yet", r.Pos)
+	if r.Shared() {
+		return blockrep.Config{}, fmt.Errorf("%s: %s is a shared-storage resource (no replication, no metadata)", r.Pos, r.Name)
 	}
 	peers, err := r.Peers(node)
 	if err != nil {
@@ -28,6 +34,7 @@ func (r *Resource) VolumeConfig(node string, log *slog.Logger) (blockrep.Config,
 		Resource: r.Name, NodeID: h.NodeID, NodeName: h.Name, Disk: h.Disk, MetaDisk: h.MetaDisk,
 		ALExtents: r.Disk.ALExtents, ALUpdates: r.Disk.ALUpdates, Logger: log,
 		OnIOError: r.Disk.OnIOError, Handlers: r.Handlers,
+		OpenDevice: deviceOpener(h),
 	}
 	if cfg.OnIOError == "call-local-io-error" {
 		cfg.OnIOError = "detach" // handlers are not run: detach is the safe part of it
@@ -55,4 +62,51 @@ func (r *Resource) VolumeConfig(node string, log *slog.Logger) (blockrep.Config,
 func settings(n *NetOptions) string {
 	return fmt.Sprintf("after-sb-0pri=%s;after-sb-1pri=%s;after-sb-2pri=%s;always-asbp=%t;rr-conflict=%s;csums-alg=%s;verify-alg=%s;compression=%s",
 		n.AfterSB0Pri, n.AfterSB1Pri, n.AfterSB2Pri, n.AlwaysASBP, n.RRConflict, n.CsumsAlg, n.VerifyAlg, n.Compression)
+}
+
+// Shared reports whether r is a shared-storage resource (options { storage shared; }).
+func (r *Resource) Shared() bool { return r.Options.Storage == "shared" }
+
+// InitiatorName is the node's iSCSI name: its initiator-name, or one derived from its name.
+func (h *Host) Initiator() string {
+	if h.InitiatorName != "" {
+		return h.InitiatorName
+	}
+	return fence.DefaultInitiatorName(h.Name)
+}
+
+// deviceOpener opens backing devices: iscsi:// URLs through the userspace initiator
+// (as the host's initiator name), everything else as a file or block device.
+func deviceOpener(h *Host) func(path string) (blockrep.Device, error) {
+	return func(path string) (blockrep.Device, error) {
+		if strings.HasPrefix(path, "iscsi://") {
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			return iscsi.OpenDisk(ctx, path, iscsi.Options{InitiatorName: h.Initiator()}, iscsi.DiskOptions{})
+		}
+		return blockrep.OpenFile(path, 0, false)
+	}
+}
+
+// SharedConfig is node's view of a shared-storage resource.
+func (r *Resource) SharedConfig(node string, log *slog.Logger) (fence.SharedConfig, error) {
+	h, err := r.Host(node)
+	if err != nil {
+		return fence.SharedConfig{}, err
+	}
+	if !strings.HasPrefix(h.Disk, "iscsi://") {
+		return fence.SharedConfig{}, fmt.Errorf("%s: shared storage needs an iscsi:// disk, not %q", h.Pos, h.Disk)
+	}
+	typ := scsi.WriteExclusive
+	if r.Disk.Reservation != "" {
+		if typ, err = scsi.ParseReservationType(r.Disk.Reservation); err != nil {
+			return fence.SharedConfig{}, fmt.Errorf("%s: %v", r.Pos, err)
+		}
+	}
+	names := map[int]string{}
+	for _, o := range r.Hosts {
+		names[o.NodeID] = o.Name
+	}
+	return fence.SharedConfig{Resource: r.Name, NodeID: h.NodeID, URL: h.Disk, InitiatorName: h.Initiator(),
+		Type: typ, NodeName: func(id int) string { return names[id] }, Logger: log}, nil
 }

@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"github.com/blockrep/blockrep/fence/tgtdtest"
 	"math/rand/v2"
 	"net"
 	"strings"
@@ -20,7 +21,7 @@ import (
 
 func TestLoginWithoutCHAPAndReadCapacity(t *testing.T) {
 	t.Parallel()
-	tg := startTarget(t, targetOpts{size: 48 << 20})
+	tg := startTarget(t, targetOpts{Size: 48 << 20})
 	s := dial(t, tg, 1, testOpts(t, "plain"))
 	buf := make([]byte, 32)
 	n, err := scsi.Exec(ctxT(t, 5*time.Second), s, scsi.ReadCapacity16(32), scsi.In, buf, 3, nil)
@@ -49,7 +50,7 @@ func TestLoginWithoutCHAPAndReadCapacity(t *testing.T) {
 
 func TestCHAP(t *testing.T) {
 	t.Parallel()
-	tg := startTarget(t, targetOpts{user: "blockrep", pass: "s3cret-passw0rd"})
+	tg := startTarget(t, targetOpts{User: "blockrep", Pass: "s3cret-passw0rd"})
 	t.Run("credentials in the URL log in", func(t *testing.T) {
 		s, err := Dial(ctxT(t, 10*time.Second), tg.chapURL("blockrep", "s3cret-passw0rd", 1), testOpts(t, "chap-url"))
 		if err != nil {
@@ -74,7 +75,7 @@ func TestCHAP(t *testing.T) {
 		if !errors.Is(err, ErrAuthFailed) {
 			t.Fatalf("err %v, want ErrAuthFailed", err)
 		}
-		checkOneLine(t, err, "authentication failed", tg.iqn)
+		checkOneLine(t, err, "authentication failed", tg.IQN())
 		if strings.Contains(err.Error(), "wrong-password") {
 			t.Fatalf("error shows the password: %v", err)
 		}
@@ -115,10 +116,10 @@ func TestDialErrors(t *testing.T) {
 		is      error
 		mention []string
 	}{
-		{"closed port", fmt.Sprintf("iscsi://127.0.0.1:%d/%s/1", closed, tg.iqn), nil, []string{"connection refused", tg.iqn}},
+		{"closed port", fmt.Sprintf("iscsi://127.0.0.1:%d/%s/1", closed, tg.IQN()), nil, []string{"connection refused", tg.IQN()}},
 		{"wrong IQN", fmt.Sprintf("iscsi://%s/iqn.2024-01.io.blockrep.test:nosuch/1", tg.addr()), ErrTargetNotFound, []string{"target not found", "nosuch"}},
 		{"wrong LUN", tg.url(7), ErrNoSuchLUN, []string{"LUN", "has LUNs 0, 1"}},
-		{"malformed URL", "iscsi://127.0.0.1/" + tg.iqn, nil, []string{"missing LUN"}},
+		{"malformed URL", "iscsi://127.0.0.1/" + tg.IQN(), nil, []string{"missing LUN"}},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -142,7 +143,7 @@ func TestDiscover(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(targets) != 1 || targets[0].Name != tg.iqn {
+	if len(targets) != 1 || targets[0].Name != tg.IQN() {
 		t.Fatalf("discovered %+v", targets)
 	}
 	if len(targets[0].Portals) == 0 || !strings.HasPrefix(targets[0].Portals[0], tg.addr()) {
@@ -159,7 +160,7 @@ func TestDiscover(t *testing.T) {
 func TestDiskPattern(t *testing.T) {
 	t.Parallel()
 	const size = 96 << 20
-	tg := startTarget(t, targetOpts{size: size})
+	tg := startTarget(t, targetOpts{Size: size})
 	s := dial(t, tg, 1, testOpts(t, "pattern"))
 	d := newDisk(t, s)
 	if d.Size() != size || d.BlockSize() != 512 {
@@ -233,7 +234,7 @@ func firstDiff(a, b []byte) int {
 // one way, many Data-In PDUs the other.
 func TestLargeCommands(t *testing.T) {
 	t.Parallel()
-	tg := startTarget(t, targetOpts{size: 64 << 20})
+	tg := startTarget(t, targetOpts{Size: 64 << 20})
 	for _, tc := range []struct {
 		name string
 		opts func(*Options)
@@ -243,7 +244,7 @@ func TestLargeCommands(t *testing.T) {
 		{"small segments", func(o *Options) { o.MaxRecvDataSegmentLength = 4096; o.MaxBurstLength = 65536 }},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			o := testOpts(t, "large-"+sanitize(tc.name))
+			o := testOpts(t, "large-"+tgtdtest.Sanitize(tc.name))
 			tc.opts(&o)
 			s := dial(t, tg, 1, o)
 			data := make([]byte, 32<<20)
@@ -273,7 +274,7 @@ func TestLargeCommands(t *testing.T) {
 func TestConcurrentCommands(t *testing.T) {
 	t.Parallel()
 	const size = 64 << 20
-	tg := startTarget(t, targetOpts{size: size})
+	tg := startTarget(t, targetOpts{Size: size})
 	s := dial(t, tg, 1, testOpts(t, "concurrent"))
 	d := newDisk(t, s)
 	const workers, ops = 48, 60
@@ -329,7 +330,7 @@ func TestConcurrentCommands(t *testing.T) {
 // read-modify-write of one must never undo another's bytes.
 func TestConcurrentRMWOnOneBlock(t *testing.T) {
 	t.Parallel()
-	tg := startTarget(t, targetOpts{size: 1 << 20})
+	tg := startTarget(t, targetOpts{Size: 1 << 20})
 	s := dial(t, tg, 1, testOpts(t, "rmw"))
 	d := newDisk(t, s)
 	var wg sync.WaitGroup
@@ -460,7 +461,7 @@ func (bw *blockWriter) check(t *testing.T, lun []byte) {
 // the LUN — or fail; none may be acknowledged and lost.
 func TestReconnectRetriesInterruptedWrites(t *testing.T) {
 	t.Parallel()
-	tg := startTarget(t, targetOpts{size: 8 << 20})
+	tg := startTarget(t, targetOpts{Size: 8 << 20})
 	td := &trackingDialer{}
 	o := testOpts(t, "reconnect")
 	o.Dialer = td.dial
@@ -533,7 +534,7 @@ func TestReconnectRetriesInterruptedWrites(t *testing.T) {
 // once the target is back.
 func TestReconnectGivesUp(t *testing.T) {
 	t.Parallel()
-	tg := startTarget(t, targetOpts{size: 8 << 20})
+	tg := startTarget(t, targetOpts{Size: 8 << 20})
 	o := testOpts(t, "giveup")
 	o.ReconnectTimeout = 1500 * time.Millisecond
 	o.Timeout = 2 * time.Second
@@ -582,8 +583,8 @@ func TestReconnectGivesUp(t *testing.T) {
 
 	// The target comes back on the same port with the same LUN file.
 	tg.start()
-	tg.adm("--mode", "target", "--op", "new", "--tid", "1", "--targetname", tg.iqn)
-	tg.adm("--mode", "logicalunit", "--op", "new", "--tid", "1", "--lun", "1", "--backing-store", tg.files[0])
+	tg.adm("--mode", "target", "--op", "new", "--tid", "1", "--targetname", tg.IQN())
+	tg.adm("--mode", "logicalunit", "--op", "new", "--tid", "1", "--lun", "1", "--backing-store", tg.File(1))
 	tg.adm("--mode", "target", "--op", "bind", "--tid", "1", "--initiator-address", "ALL")
 	deadline := time.Now().Add(30 * time.Second)
 	for {
@@ -608,7 +609,7 @@ func TestReconnectGivesUp(t *testing.T) {
 // reservation; if a peer preempted the key meanwhile, they fail as fenced.
 func TestReconnectKeepsRegistration(t *testing.T) {
 	t.Parallel()
-	tg := startTarget(t, targetOpts{size: 8 << 20})
+	tg := startTarget(t, targetOpts{Size: 8 << 20})
 	const keyA, keyB = 0xA1, 0xB1
 	ctx := ctxT(t, 90*time.Second)
 	td := &trackingDialer{}
@@ -686,7 +687,7 @@ func TestDiskTrimAndZero(t *testing.T) {
 	t.Parallel()
 	for _, thin := range []bool{false, true} {
 		t.Run(fmt.Sprintf("thin=%v", thin), func(t *testing.T) {
-			tg := startTarget(t, targetOpts{size: 16 << 20, thin: thin})
+			tg := startTarget(t, targetOpts{Size: 16 << 20, Thin: thin})
 			s := dial(t, tg, 1, testOpts(t, fmt.Sprintf("trim-%v", thin)))
 			d := newDisk(t, s)
 			t.Logf("capacity %+v caps %+v", d.Capacity(), d.Caps())

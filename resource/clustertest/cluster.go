@@ -421,3 +421,11 @@ func (c *Cluster) DataSum(node *Node, n int64) string {
 	}
 	return hex.EncodeToString(h.Sum(nil))
 }
+
+// RemoveBinaries deletes the binaries Binaries built (not $BLOCKREP_BIN); for a
+// TestMain, after every test has run.
+func RemoveBinaries() {
+	if os.Getenv("BLOCKREP_BIN") == "" && binDir != "" {
+		os.RemoveAll(binDir)
+	}
+}

@@ -46,6 +46,8 @@ type Request struct {
 	// Fault is a disk fault rule for the "fault" verb (a blockrepd started with
 	// --fault-injection only); "" clears the rules.
 	Fault string `json:"fault,omitempty"`
+	// Plug names the node a fence verb acts on (fence-off, fence-on, fence-status).
+	Plug string `json:"plug,omitempty"`
 }
 
 // Exit codes, after drbdsetup's where it has one.
@@ -63,6 +65,8 @@ type Response struct {
 	Error  string  `json:"error,omitempty"`
 	Code   int     `json:"code,omitempty"`
 	Status *Status `json:"status,omitempty"`
+	// Registered answers fence-status: whether the plug's key is registered.
+	Registered *bool `json:"registered,omitempty"`
 }
 
 // Status is the stable machine-readable status (status --json).
@@ -80,9 +84,19 @@ type ResourceStatus struct {
 	Clients   int    `json:"export_clients"`
 	// DiskFailed: the local disk was detached after an I/O error (on-io-error detach).
 	DiskFailed bool `json:"disk_failed,omitempty"`
-	// Suspended says why writes are frozen ("fencing"), or is empty.
-	Suspended string       `json:"suspended,omitempty"`
-	Peers     []PeerStatus `json:"peers"`
+	// Suspended says why writes are frozen: "fencing" (waiting for fence-peer), "fenced"
+	// (a shared resource whose key was removed), or empty.
+	Suspended string `json:"suspended,omitempty"`
+	// Reservation is the SCSI reservation state of a shared-storage resource.
+	Reservation *ReservationStatus `json:"reservation,omitempty"`
+	Peers       []PeerStatus       `json:"peers"`
+}
+
+// ReservationStatus is a shared LUN's persistent reservation as this node sees it.
+type ReservationStatus struct {
+	Key    string `json:"key"`    // this node's registration key, 0x…
+	Holder string `json:"holder"` // node holding the reservation, or "none"
+	State  string `json:"state"`  // holder | registered | fenced | unregistered
 }
 
 // PeerStatus is one connection of a resource.

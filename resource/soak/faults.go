@@ -53,6 +53,7 @@ func (tr *trial) inSyncWith(p *clustertest.Node, except *clustertest.Node) []*cl
 
 // killPrimary kills the Primary and fails over by the harness's promotion policy.
 func (tr *trial) killPrimary(st Step, r *rand.Rand) {
+	tr.fio.wait()
 	old := tr.primary
 	eligible := tr.inSyncWith(old, nil)
 	tr.kill(old)
@@ -123,7 +124,13 @@ func (tr *trial) partition(st Step, r *rand.Rand) {
 		a, b = b, a
 	}
 	tr.res.Faults[st.Kind]++
-	defer tr.mendAll()
+	defer func() {
+		// Whether the daemons noticed, for the transcript (either is fine).
+		_, pa, _ := tr.peer(a, b)
+		_, pb, _ := tr.peer(b, a)
+		tr.logf("before healing: %s sees %s %s, %s sees %s %s", a.Name, b.Name, pa.Connection, b.Name, a.Name, pb.Connection)
+		tr.mendAll()
+	}()
 	switch st.Kind {
 	case Partition:
 		tr.cut(a, b)
@@ -311,6 +318,7 @@ func (tr *trial) recoverDisk(n *clustertest.Node, r *rand.Rand) {
 // the resync source throttled so that the resync lasts, and kills the SyncSource or the
 // SyncTarget while status shows it running.
 func (tr *trial) crashMidResync(st Step, r *rand.Rand) {
+	tr.fio.wait() // the victim may be the Primary
 	s := pick(r, tr.secondaries())
 	if err := tr.waitUntil(s.Name+" in sync", waitMedium, func() bool { return tr.inSync(tr.primary, s) }); err != nil {
 		tr.skip(CrashMidResync, "%s never got in sync first: %v", s.Name, err)
@@ -401,9 +409,15 @@ func (tr *trial) splitBrain(st Step, r *rand.Rand) {
 	}
 	fork := tr.w.History().Tick() // after the cut: nothing issued later reaches s
 	tr.logf("%s cut off from every peer (fork at t%d)", s.Name, fork)
+	// A promotion asks every connected peer first: wait until s has noticed that every
+	// link is gone, so that --force is all it takes.
 	err := tr.waitUntil(s.Name+" to notice", waitShort, func() bool {
-		_, ps, ok := tr.peer(s, p)
-		return ok && ps.Connection != "Connected"
+		for _, o := range tr.others(s) {
+			if _, ps, ok := tr.peer(s, o); !ok || ps.Connection == "Connected" {
+				return false
+			}
+		}
+		return true
 	})
 	if err != nil {
 		tr.fatal("%v", err)

@@ -25,7 +25,13 @@ var shortSet = []struct {
 	seed uint64
 	net  clustertest.NetMode
 }{
-	{1, ""},
+	{2, ""},                   // slow-link, write-error-primary, partition-flap
+	{4, ""},                   // write-error-secondary, write-error-primary, split-brain
+	{9, ""},                   // kill-secondary, crash-mid-resync, write-error-secondary
+	{20, ""},                  // kill-primary, partition-oneway; fio
+	{25, ""},                  // read-error-primary; fio
+	{32, ""},                  // three nodes: slow-link; fio
+	{29, clustertest.Proxied}, // slow-link, partition through the proxies
 }
 
 // TestShortSet runs the fixed trials (a few minutes with the race detector).

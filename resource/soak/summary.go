@@ -8,12 +8,15 @@ import (
 
 // Summary adds up trials.
 type Summary struct {
-	Trials, Failed   int
-	Faults, Skipped  map[Kind]int
-	Acked, Flushed   int64
-	Indeterminate    int64 // failed or in-flight writes (either outcome allowed)
-	Reads, Blocks    int64
-	FioTrials        int
+	Trials, Failed  int
+	Faults, Skipped map[Kind]int
+	Acked, Flushed  int64
+	Indeterminate   int64 // failed or in-flight writes (either outcome allowed)
+	Reads, Blocks   int64
+	FioTrials       int
+	StaleViewTrials int // trials ending with a stale peer-disk view (known bug)
+	// KnownBugs counts failed trials by the known bug whose signature they show.
+	KnownBugs        map[string]int
 	Nodes            map[int]int
 	Failures         []string // "seed N: what"
 	Elapsed, Longest time.Duration
@@ -23,7 +26,8 @@ type Summary struct {
 
 // NewSummary returns an empty summary.
 func NewSummary() *Summary {
-	return &Summary{Faults: map[Kind]int{}, Skipped: map[Kind]int{}, Nodes: map[int]int{}, networks: map[string]int{}}
+	return &Summary{Faults: map[Kind]int{}, Skipped: map[Kind]int{}, Nodes: map[int]int{}, networks: map[string]int{},
+		KnownBugs: map[string]int{}}
 }
 
 // Add counts one trial.
@@ -45,14 +49,22 @@ func (s *Summary) Add(r *Result) {
 	if r.Fio {
 		s.FioTrials++
 	}
+	if r.StaleViews > 0 {
+		s.StaleViewTrials++
+	}
 	s.Elapsed += r.Duration
 	if r.Duration > s.Longest {
 		s.Longest, s.LongestSeed = r.Duration, r.Plan.Seed
 	}
 	if len(r.Failures) > 0 {
 		s.Failed++
+		tag := ""
+		if r.KnownBug != "" {
+			s.KnownBugs[r.KnownBug]++
+			tag = " [" + r.KnownBug + "]"
+		}
 		for _, f := range r.Failures {
-			s.Failures = append(s.Failures, fmt.Sprintf("seed %d: %s", r.Plan.Seed, firstLine(f)))
+			s.Failures = append(s.Failures, fmt.Sprintf("seed %d (%d nodes)%s: %s", r.Plan.Seed, r.Plan.Nodes, tag, firstLine(f)))
 		}
 	}
 }
@@ -73,6 +85,9 @@ func Line(r *Result) string {
 	verdict := "ok"
 	if len(r.Failures) > 0 {
 		verdict = fmt.Sprintf("FAILED (%d) — files kept in %s", len(r.Failures), r.Dir)
+		if r.KnownBug != "" {
+			verdict += " [signature of " + r.KnownBug + "]"
+		}
 	}
 	return fmt.Sprintf("seed %d: %d nodes, %s: %d acknowledged writes checked, %d reads: %s (%.1fs)",
 		r.Plan.Seed, r.Plan.Nodes, strings.Join(kinds, "+"), r.Acked, r.Reads, verdict, r.Duration.Seconds())
@@ -93,8 +108,14 @@ func (s *Summary) String() string {
 	fmt.Fprintf(&b, "acknowledged writes checked: %d (%d covered by a FLUSH); indeterminate writes (failed or in flight at a crash): %d\n",
 		s.Acked, s.Flushed, s.Indeterminate)
 	fmt.Fprintf(&b, "blocks read back: %d; reads checked online: %d; trials with fio verification: %d\n", s.Blocks, s.Reads, s.FioTrials)
+	if s.StaleViewTrials > 0 {
+		fmt.Fprintf(&b, "known bug seen: stale peer-disk views after convergence in %d trials (TestBugPeerDiskViewStaleAfterResync)\n", s.StaleViewTrials)
+	}
 	fmt.Fprintf(&b, "time: %s in trials, longest %s (seed %d)\n", s.Elapsed.Round(time.Second), s.Longest.Round(100*time.Millisecond), s.LongestSeed)
 	fmt.Fprintf(&b, "separately covered in-process (blockrep): simulated power loss (TestPowerLossKeepsEveryFlushedWrite), FLUSH on the peer disk (TestFlushReachesThePeerDisk), 1,000 reconnects (TestThousandReconnectsLeakNothing)\n")
+	for bug, n := range s.KnownBugs {
+		fmt.Fprintf(&b, "failed trials showing the signature of %s: %d of %d\n", bug, n, s.Failed)
+	}
 	if len(s.Failures) == 0 {
 		b.WriteString("failures: none\n")
 	} else {

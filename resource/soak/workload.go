@@ -195,6 +195,9 @@ func (w *Workload) SetTarget(target string) {
 func (w *Workload) Pause(timeout time.Duration) error {
 	w.mu.Lock()
 	defer w.mu.Unlock()
+	if w.stopped {
+		return nil // nothing runs any more
+	}
 	w.paused = true
 	w.cond.Broadcast()
 	deadline := time.Now().Add(timeout)

@@ -15,7 +15,7 @@ import (
 // upShared brings a shared-storage resource up: log in to the LUN, register our key,
 // serve the export socket (refusing clients until we hold the reservation).
 func (d *Daemon) upShared(res *Resource, host *Host, log *slog.Logger) (*running, error) {
-	scfg, err := res.SharedConfig(d.Node, log)
+	scfg, err := res.SharedConfig(d.Node, d.Log)
 	if err != nil {
 		return nil, err
 	}

@@ -48,7 +48,7 @@ func Binaries(t testing.TB) string {
 		if buildErr != nil {
 			return
 		}
-		cmd := exec.Command("go", "build", "-race", "-o", binDir+"/", "./cmd/blockrepd", "./cmd/blockrepadm")
+		cmd := exec.Command("go", "build", "-race", "-o", binDir+"/", "./cmd/...")
 		cmd.Dir = root
 		if out, err := cmd.CombinedOutput(); err != nil {
 			buildErr = fmt.Errorf("building binaries: %v\n%s", err, out)
@@ -82,6 +82,8 @@ type Options struct {
 	Net string
 	// Disk is extra text for the resource's disk section.
 	Disk string
+	// Handlers is the text of a handlers section.
+	Handlers string
 	// Network places the nodes: Loopback (default), Netns or Proxied (see network.go).
 	Network NetMode
 	// FaultInjection starts the daemons with --fault-injection (the "fault" verb).
@@ -189,6 +191,9 @@ func (c *Cluster) resFile(o Options) string {
 	fmt.Fprintf(&b, "resource %s {\n    net {\n        protocol %s;\n        shared-secret \"test-secret\";\n        connect-int 1;\n        ping-int 1;\n        timeout 20;\n%s    }\n", o.Resource, o.Protocol, o.Net)
 	if o.Disk != "" {
 		fmt.Fprintf(&b, "    disk {\n%s    }\n", o.Disk)
+	}
+	if o.Handlers != "" {
+		fmt.Fprintf(&b, "    handlers {\n%s    }\n", o.Handlers)
 	}
 	for _, n := range c.Nodes {
 		fmt.Fprintf(&b, "    on %s {\n        node-id %d;\n        address %s;\n        disk %s;\n        meta-disk internal;\n    }\n",

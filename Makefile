@@ -28,7 +28,6 @@ demo: deps build
 # nbdkit, nbd-server and a QEMU quorum. Prints the table; also writes it to bin/bench.md
 # (docs/PERFORMANCE.md is curated by hand). Extra flags: make bench BENCH_FLAGS='-only C,nbdkit'
 bench: deps build
-	@scripts/ensure-packages.sh qemu-system-common
 	$(GO) run ./scripts/bench -rounds 3 -md $(BIN)/bench.md $(BENCH_FLAGS)
 
 fmt:

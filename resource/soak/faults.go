@@ -52,13 +52,27 @@ func (tr *trial) inSyncWith(p *clustertest.Node, except *clustertest.Node) []*cl
 }
 
 // killPrimary kills the Primary and fails over by the harness's promotion policy.
+// Half the time it is a machine crash rather than a process crash: the node's links are
+// cut first, so that what its kernel still held for its peers dies with it too.
 func (tr *trial) killPrimary(st Step, r *rand.Rand) {
 	tr.fio.wait()
 	old := tr.primary
 	eligible := tr.inSyncWith(old, nil)
+	if r.IntN(2) == 0 {
+		tr.isolate(old)
+	}
 	tr.kill(old)
 	tr.res.Faults[KillPrimary]++
 	tr.failover(old, eligible, st.Hold, r)
+}
+
+// isolate cuts every link of n in both directions (healed by mendAll).
+func (tr *trial) isolate(n *clustertest.Node) {
+	for _, o := range tr.others(n) {
+		tr.cut(n, o)
+		tr.cut(o, n)
+	}
+	tr.logf("%s cut off from every peer", n.Name)
 }
 
 // failover continues after the Primary died. blockrep has no fencing in this
@@ -70,6 +84,7 @@ func (tr *trial) failover(old *clustertest.Node, eligible []*clustertest.Node, h
 	if len(eligible) == 0 {
 		tr.logf("no survivor was in sync with %s: it is restarted and stays Primary", old.Name)
 		tr.sleep(hold)
+		tr.mendAll()
 		if err := tr.restart(old); err != nil {
 			tr.fail("restarting the crashed Primary %s: %v", old.Name, err)
 			tr.aborted = true
@@ -95,6 +110,7 @@ func (tr *trial) failover(old *clustertest.Node, eligible []*clustertest.Node, h
 		return
 	}
 	tr.sleep(hold)
+	tr.mendAll()
 	if err := tr.restart(old); err != nil {
 		tr.fail("restarting the old Primary %s: %v", old.Name, err)
 		tr.aborted = true
@@ -103,9 +119,13 @@ func (tr *trial) failover(old *clustertest.Node, eligible []*clustertest.Node, h
 
 func (tr *trial) killSecondary(st Step, r *rand.Rand) {
 	s := pick(r, tr.secondaries())
+	if r.IntN(2) == 0 {
+		tr.isolate(s) // a machine crash, as in killPrimary
+	}
 	tr.kill(s)
 	tr.res.Faults[KillSecondary]++
 	tr.sleep(st.Hold)
+	tr.mendAll()
 	if err := tr.restart(s); err != nil {
 		tr.fail("restarting the Secondary %s: %v", s.Name, err)
 		tr.aborted = true

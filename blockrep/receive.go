@@ -46,7 +46,12 @@ func (p *Peer) handle(c *transport.Conn, t transport.MsgType, payload []byte, b 
 		if err != nil {
 			return err
 		}
-		fl.enqueue(a.ID)
+		if c.Buffered() {
+			fl.enqueue(a.ID) // more is queued: do not stall it behind an fdatasync
+			return nil
+		}
+		b.Flush()
+		p.flushNow(c, []uint64{a.ID}, b)
 		return nil
 	case transport.MsgRecvAck, transport.MsgWriteAck, transport.MsgNegAck, transport.MsgFlushAck, transport.MsgRSAck:
 		return p.gotAck(t, payload, b)
@@ -373,21 +378,28 @@ func (p *Peer) submitFlush(r *Request, diskless bool) {
 // before the Flush arrived (the receive loop applies in order), so flush ids queue while
 // the receive loop goes on, and the acks go out once the sync is done.
 func newPeerFlusher(p *Peer, c *transport.Conn) *groupCommit[uint64] {
-	return newGroupCommit(p.v.data.Flush, func(ids []uint64, err error) {
-		t, code := transport.MsgFlushAck, uint32(0)
-		if err != nil {
-			p.log.Error("flush failed", "err", err)
-			p.v.localIOError("flush", 0, err)
-			t, code = transport.MsgNegAck, 1
-		}
-		c.Lock()
-		for _, id := range ids {
-			a := transport.Ack{ID: id, Code: code}
-			c.WriteAckLocked(t, &a)
-		}
-		c.FlushLocked()
-		c.Unlock()
-	})
+	return newGroupCommit(p.v.data.Flush, func(ids []uint64, err error) { p.ackFlushes(c, ids, err) })
+}
+
+// flushNow does a Flush inline in the receive loop (nothing else is queued) and acks it.
+func (p *Peer) flushNow(c *transport.Conn, ids []uint64, b *Batch) {
+	p.ackFlushes(c, ids, p.v.data.Flush())
+}
+
+func (p *Peer) ackFlushes(c *transport.Conn, ids []uint64, err error) {
+	t, code := transport.MsgFlushAck, uint32(0)
+	if err != nil {
+		p.log.Error("flush failed", "err", err)
+		p.v.localIOError("flush", 0, err)
+		t, code = transport.MsgNegAck, 1
+	}
+	c.Lock()
+	for _, id := range ids {
+		a := transport.Ack{ID: id, Code: code}
+		c.WriteAckLocked(t, &a)
+	}
+	c.FlushLocked()
+	c.Unlock()
 }
 
 // adoptGeneration follows the Primary to a new current generation when we hold the

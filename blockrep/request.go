@@ -62,6 +62,10 @@ type Request struct {
 	Data   []byte // OpWrite payload
 	Handle uint64 // opaque to the backend (the NBD cookie)
 	Owner  Completer
+	// Idle hints that no other request waits behind this one on its connection: a
+	// backend may then do slow work (a FLUSH's fdatasync) inline rather than hand it
+	// to another goroutine, saving a wake-up without stalling a pipeline.
+	Idle bool
 
 	eng reqEngine // backend-private bookkeeping, reused with the Request
 }

@@ -461,11 +461,17 @@ func (v *Volume) Submit(r *Request, b *Batch) {
 			p.submitFlush(r, diskless)
 		}
 		v.gate.RUnlock()
-		if diskless {
+		switch {
+		case diskless:
 			r.eng.localDone(nil, false, b)
-			return
+		case r.Idle:
+			// Nothing queued behind it: fdatasync here, in parallel with the peers'.
+			b.Flush()
+			err := v.data.Flush()
+			r.eng.localDone(err, err == nil, b)
+		default:
+			v.submitLocalFlush(r)
 		}
-		v.submitLocalFlush(r)
 		return
 	}
 	v.conf.acquire(r.Off, r.Len, r)

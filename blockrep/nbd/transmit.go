@@ -236,6 +236,7 @@ func (c *conn) submit(op blockrep.Op, fl blockrep.ReqFlags, off uint64, n uint32
 		r = new(blockrep.Request) // only until the free list covers the queue depth
 	}
 	r.Op, r.Flags, r.Off, r.Len, r.Data, r.Handle, r.Owner = op, fl, int64(off), int64(n), data, h, c
+	r.Idle = c.br.Buffered() == 0
 	c.be.Submit(r, &c.batch)
 }
 

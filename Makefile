@@ -30,6 +30,14 @@ demo: deps build
 bench: deps build
 	$(GO) run ./scripts/bench -rounds 3 -md $(BIN)/bench.md $(BENCH_FLAGS)
 
+# Jepsen-style fault trials against real daemons (resource/soak, docs/RELIABILITY.md):
+# make soak N=500 runs N randomized trials and prints a summary; make soak SEED=… replays
+# one trial. SOAK_FLAGS passes more, e.g. SOAK_FLAGS=-soak.net=proxy (the 127.0.0.x
+# fallback) or -soak.base=… (replay a whole run).
+soak: deps
+	cd resource/soak && $(GO) test -v -run '^TestSoak$$' -timeout 0 . -args \
+		-soak.n=$(or $(N),100) -soak.seed=$(or $(SEED),0) $(SOAK_FLAGS)
+
 fmt:
 	gofmt -w $$(git ls-files '*.go')
 

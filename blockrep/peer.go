@@ -38,6 +38,7 @@ type Peer struct {
 	nextID      uint64
 	pending     map[uint64]pendEntry
 	maxPending  int
+	pendWaiters int // writers blocked on a full window
 	waiters     map[uint64]chan transport.Reply
 	ctl         chan ctlMsg // receiver-originated control messages, sent by the session's ctl goroutine
 	sessStop    chan struct{}
@@ -498,6 +499,7 @@ func (p *Peer) session(c *transport.Conn) (standalone bool, reason string, split
 	v := p.v
 	// Writes pause on this node until the decision is taken and replication is live, so
 	// the generations and bitmaps we decide on are the ones the data matches.
+	c.SetBuffers(p.cfg.SndBuf, p.cfg.RcvBuf)
 	v.gate.Lock()
 	gateHeld := true
 	defer func() {

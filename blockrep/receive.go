@@ -263,9 +263,9 @@ func (p *Peer) gotAck(t transport.MsgType, payload []byte, b *Batch) error {
 		}
 		return nil
 	}
-	wasFull := len(p.pending) >= p.maxPending
 	delete(p.pending, a.ID)
-	if wasFull {
+	// Wake blocked writers only once a quarter of the window is free, not on every ack.
+	if p.pendWaiters > 0 && len(p.pending) <= p.maxPending*3/4 {
 		p.pendCond.Broadcast()
 	}
 	p.pendMu.Unlock()
@@ -305,7 +305,9 @@ func (p *Peer) gotAck(t transport.MsgType, payload []byte, b *Batch) error {
 func (p *Peer) submitData(r *Request, b *Batch, diskless bool) {
 	p.pendMu.Lock()
 	for p.replicating && len(p.pending) >= p.maxPending {
+		p.pendWaiters++
 		p.pendCond.Wait()
+		p.pendWaiters--
 	}
 	if !p.replicating {
 		p.pendMu.Unlock()

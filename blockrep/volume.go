@@ -47,7 +47,9 @@ type PeerConfig struct {
 	PingInt    time.Duration
 	ConnectInt time.Duration
 	MaxBuffers int // writes in flight to the peer before the sender blocks
-	Resync     ResyncConfig
+	// SndBuf and RcvBuf size the socket buffers (sndbuf-size/rcvbuf-size); 0 = auto.
+	SndBuf, RcvBuf int
+	Resync         ResyncConfig
 	// Settings must be equal on both sides; a mismatch refuses the connection.
 	Settings string
 	// Fencing: dont-care (default), resource-only (run fence-peer when the connection
@@ -490,6 +492,10 @@ func (v *Volume) Submit(r *Request, b *Batch) {
 	}
 	for _, p := range v.peers {
 		p.submitData(r, b, diskless)
+	}
+	if r.Idle {
+		// Last of a burst: let the peers start on it while we write locally.
+		b.Flush()
 	}
 	if diskless {
 		v.gate.RUnlock()

@@ -57,9 +57,6 @@ func (r *Resource) NotHonoured(node string) []string {
 		if n.OnCongestion != dn.OnCongestion || n.CongestionFill != 0 || n.CongestionExtents != dn.CongestionExtents {
 			add("on-congestion/congestion-fill/congestion-extents (writes always block when the send buffer is full)")
 		}
-		if n.SndBufSize != 0 || n.RcvBufSize != 0 {
-			add("sndbuf-size/rcvbuf-size")
-		}
 		if n.KoCount != dn.KoCount || n.PingTimeout != dn.PingTimeout {
 			add("ko-count/ping-timeout (a peer silent for timeout with writes pending, or for ping-int + timeout, is dropped)")
 		}

@@ -54,6 +54,20 @@ func newConn(nc net.Conn) *Conn {
 	return &Conn{nc: nc, r: bufio.NewReaderSize(nc, bufSize), w: bufio.NewWriterSize(nc, bufSize)}
 }
 
+// SetBuffers sets the kernel socket buffer sizes (0 leaves the kernel's autotuning).
+func (c *Conn) SetBuffers(snd, rcv int) {
+	tc, ok := c.nc.(*net.TCPConn)
+	if !ok {
+		return
+	}
+	if snd > 0 {
+		tc.SetWriteBuffer(snd)
+	}
+	if rcv > 0 {
+		tc.SetReadBuffer(rcv)
+	}
+}
+
 // NetConn returns the underlying connection.
 func (c *Conn) NetConn() net.Conn { return c.nc }
 

@@ -651,3 +651,132 @@ func TestLocalWriteErrorWithPassOnFailsTheWrite(t *testing.T) {
 	}
 	write(t, a.v, 2<<20, make([]byte, 4096))
 }
+
+// linkProxy sits between two nodes; Cut drops everything from then on, like a network
+// partition: nothing in flight is delivered, nothing is refused.
+type linkProxy struct {
+	ln     net.Listener
+	target string
+	cut    atomic.Bool
+}
+
+func newLinkProxy(t *testing.T, target string) *linkProxy {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &linkProxy{ln: ln, target: target}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go p.serve(c)
+		}
+	}()
+	return p
+}
+
+func (p *linkProxy) serve(c net.Conn) {
+	s, err := net.Dial("tcp", p.target)
+	if err != nil {
+		c.Close()
+		return
+	}
+	pipe := func(dst, src net.Conn) {
+		buf := make([]byte, 64<<10)
+		for {
+			n, err := src.Read(buf)
+			if err != nil {
+				dst.Close()
+				return
+			}
+			if !p.cut.Load() {
+				dst.Write(buf[:n])
+			}
+		}
+	}
+	go pipe(s, c)
+	pipe(c, s)
+}
+
+// TestPartitionThenPrimaryCrashLosesNoAcknowledgedWrite: the link is cut (writes in
+// flight never arrive) and then the Primary dies. Under protocol C no write may have
+// been acknowledged without the survivor having it.
+func TestPartitionThenPrimaryCrashLosesNoAcknowledgedWrite(t *testing.T) {
+	var proxy *linkProxy
+	n := testClusterWith(t, 2, 16<<20, ProtocolC, func(i int, cfg *Config) {
+		if i == 1 {
+			// beta (the higher id) dials alpha through the proxy.
+			proxy = newLinkProxy(t, cfg.Peers[0].Address)
+			cfg.Peers[0].Address = proxy.ln.Addr().String()
+			cfg.Peers[0].Timeout = time.Hour // the partition must not be detected
+			cfg.Peers[0].PingInt = time.Hour
+		} else {
+			cfg.Peers[0].Timeout = time.Hour
+			cfg.Peers[0].PingInt = time.Hour
+		}
+	})
+	a, b := n[0], n[1]
+	for _, nd := range n {
+		nd.v.Connect(-1, false)
+	}
+	waitFor(t, "connected", func() bool { return connected(a, b) })
+	a.v.Promote(true)
+	waitSynced(t, a, b)
+
+	var mu sync.Mutex
+	acked := map[int64][32]byte{}
+	var crashed atomic.Bool
+	av := a.v
+	var wg sync.WaitGroup
+	for g := 0; g < 4; g++ {
+		wg.Add(1)
+		go func(g int) {
+			defer wg.Done()
+			for i := 0; i < 100000; i++ {
+				off := int64(g*1024+i%1024) * 4096
+				data := randBytes(4096)
+				c := make(syncCompleter, 1)
+				var bt Batch
+				av.Submit(&Request{Op: OpWrite, Off: off, Data: data, Len: 4096, Owner: c}, &bt)
+				bt.Flush()
+				select {
+				case err := <-c:
+					if err != nil || crashed.Load() {
+						return
+					}
+				case <-time.After(2 * time.Second):
+					return // blocked by the partition, as protocol C must be
+				}
+				mu.Lock()
+				acked[off] = sha256.Sum256(data)
+				mu.Unlock()
+			}
+		}(g)
+	}
+	time.Sleep(200 * time.Millisecond)
+	proxy.cut.Store(true)
+	time.Sleep(500 * time.Millisecond)
+	crashed.Store(true)
+	a.crash()
+	wg.Wait()
+	b.v.Disconnect(-1)
+	if err := b.v.Promote(false); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 4096)
+	mu.Lock()
+	defer mu.Unlock()
+	for off, sum := range acked {
+		b.v.ReadAt(buf, off)
+		if sha256.Sum256(buf) != sum {
+			t.Fatalf("write at %d was acknowledged but is not on the survivor", off)
+		}
+	}
+	if len(acked) < 50 {
+		t.Fatalf("only %d writes acknowledged before the partition", len(acked))
+	}
+}

@@ -21,7 +21,7 @@ import (
 
 // testNode is one in-process node: a volume and the listener feeding it connections.
 type testNode struct {
-	t    *testing.T
+	t    testing.TB
 	cfg  Config
 	v    *Volume
 	ln   net.Listener
@@ -31,13 +31,13 @@ type testNode struct {
 
 // testCluster builds n nodes with backing files of size bytes, fully meshed with the
 // given protocol, and runs create-md on each.
-func testCluster(t *testing.T, n int, size int64, proto Protocol) []*testNode {
+func testCluster(t testing.TB, n int, size int64, proto Protocol) []*testNode {
 	t.Helper()
 	return testClusterWith(t, n, size, proto, nil)
 }
 
 // testClusterWith is testCluster with a hook to adjust each node's configuration.
-func testClusterWith(t *testing.T, n int, size int64, proto Protocol, adjust func(i int, cfg *Config)) []*testNode {
+func testClusterWith(t testing.TB, n int, size int64, proto Protocol, adjust func(i int, cfg *Config)) []*testNode {
 	t.Helper()
 	dir := t.TempDir()
 	nodes := make([]*testNode, n)
@@ -87,7 +87,7 @@ func testClusterWith(t *testing.T, n int, size int64, proto Protocol, adjust fun
 	return nodes
 }
 
-type testWriter struct{ t *testing.T }
+type testWriter struct{ t testing.TB }
 
 func (w testWriter) Write(p []byte) (int, error) {
 	if testing.Verbose() {
@@ -168,7 +168,7 @@ func (nd *testNode) restart() {
 	nd.start()
 }
 
-func waitFor(t *testing.T, what string, cond func() bool) {
+func waitFor(t testing.TB, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(20 * time.Second)
 	for !cond() {
@@ -189,7 +189,7 @@ func connected(a, b *testNode) bool {
 	return pa.Conn == Connected && pb.Conn == Connected && pa.Repl == Established && pb.Repl == Established
 }
 
-func waitSynced(t *testing.T, a, b *testNode) {
+func waitSynced(t testing.TB, a, b *testNode) {
 	t.Helper()
 	waitFor(t, fmt.Sprintf("%s and %s connected and in sync", a.cfg.NodeName, b.cfg.NodeName), func() bool {
 		return connected(a, b) && a.v.State().Disk == UpToDate && b.v.State().Disk == UpToDate
@@ -284,7 +284,7 @@ func TestFreshResourceNeedsForcedPrimaryThenFullSync(t *testing.T) {
 }
 
 // upToDatePair returns a connected, synced two-node cluster with node 0 Primary.
-func upToDatePair(t *testing.T, size int64, proto Protocol) (a, b *testNode) {
+func upToDatePair(t testing.TB, size int64, proto Protocol) (a, b *testNode) {
 	t.Helper()
 	n := testCluster(t, 2, size, proto)
 	a, b = n[0], n[1]

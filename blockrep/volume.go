@@ -539,7 +539,7 @@ func (e *reqEngine) localDone(err error, copied bool, b *Batch) {
 	if err != nil {
 		r := e.req
 		if e.v.localIOError(r.Op.String(), r.Off, err) {
-			e.localErr.Store(&err)
+			e.localErr.Store(boxErr(err))
 			err = nil
 			if r.Op != OpFlush {
 				for _, p := range e.v.peers {
@@ -562,10 +562,18 @@ func (e *reqEngine) peerDone(copied bool, b *Batch) {
 	e.partDone(nil, b)
 }
 
+// boxErr puts an error on the heap for an atomic.Pointer; taking the address of a
+// parameter instead would move it to the heap on every call, errors or not.
+func boxErr(err error) *error {
+	p := new(error)
+	*p = err
+	return p
+}
+
 // partDone finishes one part; the last one completes the request.
 func (e *reqEngine) partDone(err error, b *Batch) {
 	if err != nil {
-		e.err.CompareAndSwap(nil, &err)
+		e.err.CompareAndSwap(nil, boxErr(err))
 	}
 	if e.parts.Add(-1) != 0 {
 		return

@@ -42,7 +42,6 @@ func (v *Volume) detachFailedDisk() {
 		}
 	}
 	for _, p := range v.peers {
-		p.sendStateLocked()
 		if !primary {
 			p.want = false
 		}

@@ -14,6 +14,8 @@ type HandshakeSide struct {
 	Disk   DiskState
 	// Dirty is the number of 4 KiB blocks set in this side's bitmap for the other side.
 	Dirty uint64
+	// PrimaryConnected: this side is connected to a Primary other than the peer.
+	PrimaryConnected bool
 }
 
 // SplitBrainPolicy is the after-sb-* / rr-conflict configuration of a connection; both
@@ -49,6 +51,9 @@ type HandshakeResult struct {
 	Bits       SyncBits
 	SplitBrain bool   // split brain was detected (resolved or not)
 	Reason     string // the log line explaining a drop or an automatic resolution
+	// Deferred: a resync was due but waits until no Primary is connected (Repl is
+	// Established, Bits none).
+	Deferred bool
 }
 
 // Drop reports whether the connection must be dropped.
@@ -129,6 +134,16 @@ func DecideHandshake(self, peer HandshakeSide, pol SplitBrainPolicy) HandshakeRe
 	// blockrep runs no pri-lost handlers. This holds even when no bit would move.
 	if dir < 0 && self.Role == Primary && self.Disk >= Consistent || dir > 0 && peer.Role == Primary && peer.Disk >= Consistent {
 		return drop(r, "I shall become SyncTarget, but I am primary!")
+	}
+
+	// Two Secondaries do not resync each other while either is connected to a Primary:
+	// the Primary's writes reach the target on another stream than the resync data,
+	// so a resync block read before a write could overwrite it. The Primary resyncs the
+	// target itself; the pair re-handshakes once no Primary is connected.
+	if dir != 0 && self.Role == Secondary && peer.Role == Secondary && (self.PrimaryConnected || peer.PrimaryConnected) {
+		r.Repl, r.Bits, r.Deferred = Established, BitsNone, true
+		r.Reason = "Resync deferred: a Primary is connected"
+		return r
 	}
 
 	switch {

@@ -48,6 +48,9 @@ type Peer struct {
 
 	wentLive bool   // the current session got past its handshake (manager goroutine only)
 	zbuf     []byte // receive loop scratch for resync zero ranges
+	// deferred: this session's resync was deferred because a Primary was connected
+	// (under v.mu); it re-handshakes once that changes.
+	deferred bool
 
 	rs resyncStats
 }
@@ -458,20 +461,30 @@ func (p *Peer) handshakeSideLocked() HandshakeSide {
 	if p.discardMyData {
 		g.Flags |= GenDiscardMyData
 	}
+	primary := false
+	for _, o := range v.peers {
+		if ps := v.state.Peer(o.cfg.NodeID); o != p && ps.Conn == Connected && ps.Role == Primary {
+			primary = true
+		}
+	}
 	return HandshakeSide{NodeID: v.cfg.NodeID, Name: v.cfg.NodeName, Gen: g, Role: v.state.Role,
-		Disk: v.state.Disk, Dirty: uint64(p.bm.Count())}
+		Disk: v.state.Disk, Dirty: uint64(p.bm.Count()), PrimaryConnected: primary}
 }
 
 func toWire(h HandshakeSide, size int64, proto Protocol, settings string) *transport.Handshake {
-	return &transport.Handshake{NodeID: uint32(h.NodeID), Name: h.Name, Role: uint8(h.Role), Disk: uint8(h.Disk),
+	w := &transport.Handshake{NodeID: uint32(h.NodeID), Name: h.Name, Role: uint8(h.Role), Disk: uint8(h.Disk),
 		Current: h.Gen.Current, Bitmap: h.Gen.Bitmap, History: h.Gen.History, GenFlags: uint32(h.Gen.Flags),
 		Dirty: h.Dirty, Size: uint64(size), Protocol: uint8(proto), Settings: settings}
+	if h.PrimaryConnected {
+		w.Flags |= transport.HandshakePrimaryConnected
+	}
+	return w
 }
 
 func fromWire(w *transport.Handshake) HandshakeSide {
 	return HandshakeSide{NodeID: int(w.NodeID), Name: w.Name, Role: Role(w.Role), Disk: DiskState(w.Disk),
 		Gen:   Generations{Current: w.Current, Bitmap: w.Bitmap, History: w.History, Flags: GenFlags(w.GenFlags)},
-		Dirty: w.Dirty}
+		Dirty: w.Dirty, PrimaryConnected: w.Flags&transport.HandshakePrimaryConnected != 0}
 }
 
 // readExpect reads the next message, which must be of type want (a Disconnect ends the
@@ -604,7 +617,8 @@ func (p *Peer) session(c *transport.Conn) (standalone bool, reason string, split
 		return true, "disconnected by operator", false
 	}
 	p.discardMyData = false
-	if res.Repl == Established {
+	p.deferred = res.Deferred
+	if res.Repl == Established && !res.Deferred {
 		p.settleNoSyncLocked(self, peer)
 	}
 	err = v.changeLocked(func(s *State) {
@@ -621,10 +635,14 @@ func (p *Peer) session(c *transport.Conn) (standalone bool, reason string, split
 	if err != nil {
 		return true, err.Error(), false
 	}
-	p.ctl = make(chan ctlMsg, 64)
+	ctl := make(chan ctlMsg, 64)
 	p.pendMu.Lock()
+	p.ctl = ctl
 	p.link, p.replicating = c, true
 	p.pendMu.Unlock()
+	v.mu.Lock()
+	p.sendStateLocked() // whatever changed since our handshake was sent
+	v.mu.Unlock()
 	p.lastRecv.Store(time.Now().UnixNano())
 	p.wentLive = true
 	v.gate.Unlock()
@@ -776,11 +794,16 @@ func (p *Peer) teardown(c *transport.Conn) {
 
 	v.gate.Lock()
 	v.mu.Lock()
+	lostPrimary := v.state.Peer(p.cfg.NodeID).Role == Primary
+	p.deferred = false
 	v.changeLocked(func(s *State) {
 		if sp := s.Peer(p.cfg.NodeID); sp.Conn == Connected {
 			sp.Conn = Connecting
 		}
 	})
+	if lostPrimary {
+		v.rehandshakeLocked(func(o *Peer) bool { return o.deferred }, "the Primary is gone: re-deciding the deferred resync")
+	}
 	if wasReplicating && v.state.Role == Primary {
 		if err := v.newGenerationLocked(false, v.diskFailed.Load()); err != nil {
 			p.log.Error("cannot start a new generation", "err", err)
@@ -790,6 +813,17 @@ func (p *Peer) teardown(c *transport.Conn) {
 	v.gate.Unlock()
 	if fence {
 		go p.fencePeer(freeze)
+	}
+}
+
+// rehandshakeLocked drops the links of peers selected by which, so that they reconnect
+// and decide again with the current state.
+func (v *Volume) rehandshakeLocked(which func(o *Peer) bool, why string) {
+	for _, o := range v.peers {
+		if which(o) && v.state.Peer(o.cfg.NodeID).Conn == Connected {
+			o.deferred = false
+			go o.dropLink(why)
+		}
 	}
 }
 

@@ -60,7 +60,7 @@ func (p *Peer) handle(c *transport.Conn, t transport.MsgType, payload []byte, b 
 		if err != nil {
 			return err
 		}
-		return p.resyncFinishedAsTarget(g.Current)
+		return p.resyncFinishedAsTarget(g.Current, g.History)
 	case transport.MsgNewUUID:
 		g, err := transport.DecodeGeneration(payload)
 		if err != nil {
@@ -437,10 +437,33 @@ func (p *Peer) peerStateChanged(role Role, disk DiskState) error {
 	if role == Primary && v.state.Role == Primary {
 		return fmt.Errorf("%w: peer became Primary while we are Primary", transport.ErrProtocol)
 	}
-	return v.changeLocked(func(s *State) {
+	wasPrimary := v.state.Peer(p.cfg.NodeID).Role == Primary
+	if err := v.changeLocked(func(s *State) {
 		sp := s.Peer(p.cfg.NodeID)
 		sp.Role, sp.Disk = role, disk
-	})
+	}); err != nil {
+		return err
+	}
+	if role == Primary && !wasPrimary {
+		p.primaryAppearedLocked()
+	}
+	if role != Primary && wasPrimary {
+		v.rehandshakeLocked(func(o *Peer) bool { return o.deferred }, "the Primary stepped down: re-deciding the deferred resync")
+	}
+	return nil
+}
+
+// primaryAppearedLocked: a peer became Primary. A resync between us and another
+// Secondary would now race the Primary's writes: stop it; the Primary resyncs instead.
+func (p *Peer) primaryAppearedLocked() {
+	v := p.v
+	if v.state.Role == Primary {
+		return
+	}
+	v.rehandshakeLocked(func(o *Peer) bool {
+		ps := v.state.Peer(o.cfg.NodeID)
+		return o != p && ps.Role != Primary && (ps.Repl.IsSyncSource() || ps.Repl.IsSyncTarget())
+	}, "a Primary appeared: a resync between Secondaries would race its writes")
 }
 
 // answerPromote grants a peer's promotion unless we are (or are becoming) Primary; of two
@@ -457,6 +480,7 @@ func (p *Peer) answerPromote(id uint64) {
 	default:
 		// Until it tells us otherwise, treat the peer as Primary so we do not promote too.
 		v.changeLocked(func(s *State) { s.Peer(p.cfg.NodeID).Role = Primary })
+		p.primaryAppearedLocked()
 	}
 	v.mu.Unlock()
 	p.queueCtl(transport.MsgPromoteReply, r.Encode())
@@ -539,7 +563,7 @@ func (p *Peer) syncAccepted(c *transport.Conn, id uint64) {
 }
 
 // resyncFinishedAsTarget: every block arrived; take over the source's generation.
-func (p *Peer) resyncFinishedAsTarget(current uint64) error {
+func (p *Peer) resyncFinishedAsTarget(current uint64, history [HistoryLen]uint64) error {
 	v := p.v
 	v.mu.Lock()
 	defer v.mu.Unlock()
@@ -552,12 +576,17 @@ func (p *Peer) resyncFinishedAsTarget(current uint64) error {
 		return err
 	}
 	err := v.meta.Update(func(sb *Superblock) {
-		if mask(sb.Current) != mask(current) {
-			pushHistory(&sb.History, sb.Current)
-		}
+		// Our data is now the source's: so is its lineage. Keeping our own history
+		// instead would make us look like a branch of it to a third node.
+		sb.History = history
 		sb.Current = current
 		sb.Peers[p.slot].BitmapUUID = 0
-		sb.Peers[p.slot].Flags &^= PeerResyncPending | PeerCrashedPrimary | PeerOutdated
+		sb.Peers[p.slot].Flags &^= PeerOutdated
+		// Whatever a crash left uncertain on our disk is now the source's data: no peer
+		// needs a crash resync from us any more (generations say whether one differs).
+		for i := range sb.Peers {
+			sb.Peers[i].Flags &^= PeerResyncPending | PeerCrashedPrimary
+		}
 		sb.Flags |= MDConsistent | MDWasUpToDate
 		sb.Flags &^= MDOutdated
 	})
@@ -566,15 +595,10 @@ func (p *Peer) resyncFinishedAsTarget(current uint64) error {
 	}
 	p.log.Info("resync done", "as", "SyncTarget", "bytes", p.rs.bytes.Load(), "took", p.rs.elapsed().Round(time.Millisecond))
 	p.rs.end()
-	if err := v.changeLocked(func(s *State) {
+	return v.changeLocked(func(s *State) {
 		s.Disk = UpToDate
 		s.Peer(p.cfg.NodeID).Repl = Established
-	}); err != nil {
-		return err
-	}
-	s := transport.State{Role: uint8(v.state.Role), Disk: uint8(UpToDate)}
-	p.queueCtl(transport.MsgState, s.Encode())
-	return nil
+	})
 }
 
 func (p *Peer) syncTargetOfAnotherLocked() bool {

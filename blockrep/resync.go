@@ -287,7 +287,8 @@ func (p *Peer) resyncFinishedAsSource(c *transport.Conn) {
 	if err == nil {
 		err = v.meta.WriteBitmaps()
 	}
-	cur := v.meta.Superblock().Current
+	sb := v.meta.Superblock()
+	cur, hist := sb.Current, sb.History
 	if err == nil {
 		err = v.changeLocked(func(s *State) {
 			sp := s.Peer(p.cfg.NodeID)
@@ -302,7 +303,7 @@ func (p *Peer) resyncFinishedAsSource(c *transport.Conn) {
 	}
 	p.log.Info("resync done", "as", "SyncSource", "bytes", p.rs.bytes.Load(), "took", p.rs.elapsed().Round(time.Millisecond))
 	p.rs.end()
-	g := transport.Generation{Current: cur}
+	g := transport.Generation{Current: cur, History: hist}
 	c.Send(transport.MsgRSDone, g.Encode(), nil)
 	go p.unfencePeer()
 }

@@ -399,6 +399,13 @@ func (v *Volume) changeLocked(fn func(s *State)) error {
 			v.onChange(old, next.Clone())
 		}
 	}
+	// Every peer hears of our role and disk changes, not just the one involved: a
+	// third node must not go on believing a resynced peer is Inconsistent.
+	if old.Role != next.Role || old.Disk != next.Disk {
+		for _, p := range v.peers {
+			p.sendStateLocked()
+		}
+	}
 	return nil
 }
 
@@ -684,11 +691,12 @@ func (v *Volume) Promote(force bool) error {
 	}
 	v.primary.Store(true)
 	for _, p := range v.peers {
-		p.sendStateLocked()
 		if forced {
 			p.startFullSyncAsSourceLocked()
 		}
 	}
+	// Peers whose resync was deferred to a Primary: that is us now.
+	v.rehandshakeLocked(func(o *Peer) bool { return o.deferred }, "promoted: resyncing the peers that waited for a Primary")
 	v.log.Info("promoted", "force", force)
 	return nil
 }
@@ -770,9 +778,6 @@ func (v *Volume) Demote() error {
 	}
 	if err := v.changeLocked(func(s *State) { s.Role = Secondary }); err != nil {
 		return err
-	}
-	for _, p := range v.peers {
-		p.sendStateLocked()
 	}
 	v.log.Info("demoted")
 	return nil

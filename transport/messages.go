@@ -145,7 +145,11 @@ type Handshake struct {
 	Protocol uint8
 	// Settings must be equal on both sides (after-sb policies etc.).
 	Settings string
+	Flags    uint32 // HandshakePrimaryConnected
 }
+
+// HandshakePrimaryConnected: the sender is connected to a Primary other than the receiver.
+const HandshakePrimaryConnected = 1
 
 func (h *Handshake) Encode() []byte {
 	var e Enc
@@ -165,6 +169,7 @@ func (h *Handshake) Encode() []byte {
 	e.U64(h.Size)
 	e.U8(h.Protocol)
 	e.Str(h.Settings)
+	e.U32(h.Flags)
 	return e.B
 }
 
@@ -187,6 +192,7 @@ func DecodeHandshake(p []byte) (Handshake, error) {
 	h.Size = d.U64()
 	h.Protocol = d.U8()
 	h.Settings = d.Str()
+	h.Flags = d.U32()
 	if err := d.End(); err != nil {
 		return Handshake{}, err
 	}
@@ -220,6 +226,7 @@ type Generation struct {
 	Current uint64
 	Prev    uint64 // NewUUID: the generation it replaces
 	Flags   uint32
+	History [HistoryLen]uint64 // RSDone: the source's history, which the target takes over
 }
 
 // GenSenderDiskless: the sender lost its disk and goes on without it; the receiver
@@ -231,12 +238,18 @@ func (g *Generation) Encode() []byte {
 	e.U64(g.Current)
 	e.U64(g.Prev)
 	e.U32(g.Flags)
+	for _, h := range g.History {
+		e.U64(h)
+	}
 	return e.B
 }
 
 func DecodeGeneration(p []byte) (Generation, error) {
 	d := Dec{B: p}
 	g := Generation{Current: d.U64(), Prev: d.U64(), Flags: d.U32()}
+	for i := range g.History {
+		g.History[i] = d.U64()
+	}
 	return g, d.End()
 }
 

@@ -607,3 +607,31 @@ func TestHandshakeOutcomesAreStatesTheEngineAccepts(t *testing.T) {
 		}
 	}
 }
+
+// TestDecideHandshakeDefersSecondaryToSecondaryResyncWhileAPrimaryIsConnected: the
+// Primary's writes reach a target on another stream than a Secondary's resync data, so
+// two Secondaries leave the resync to the Primary; with a Primary among the pair, or
+// nobody connected to one, the resync happens.
+func TestDecideHandshakeDefersSecondaryToSecondaryResyncWhileAPrimaryIsConnected(t *testing.T) {
+	S, P, U := Secondary, Primary, UpToDate
+	withPrimary := func(h HandshakeSide) HandshakeSide { h.PrimaryConnected = true; return h }
+	for _, tc := range []handshakeCase{
+		{name: "the target is connected to a Primary: deferred",
+			self: withPrimary(alpha(S, U, genPeerAhead[0], 0)), peer: bravo(S, U, genPeerAhead[1], 3),
+			repl: Established, reason: "Resync deferred: a Primary is connected"},
+		{name: "the source is connected to a Primary: deferred",
+			self: alpha(S, U, genPeerAhead[0], 0), peer: withPrimary(bravo(S, U, genPeerAhead[1], 3)),
+			repl: Established, reason: "Resync deferred: a Primary is connected"},
+		{name: "no Primary anywhere: the Secondaries resync",
+			self: alpha(S, U, genPeerAhead[0], 0), peer: bravo(S, U, genPeerAhead[1], 3),
+			repl: SyncTarget, bits: BitsMerge},
+		{name: "the source is the Primary: it resyncs on the stream its writes use",
+			self: withPrimary(alpha(S, U, genPeerAhead[0], 0)), peer: bravo(P, U, genPeerAhead[1], 3),
+			repl: SyncTarget, bits: BitsMerge},
+		{name: "nothing to resync: plain Established, not deferred",
+			self: withPrimary(alpha(S, U, genSame[0], 0)), peer: bravo(S, U, genSame[1], 0),
+			repl: Established},
+	} {
+		t.Run(tc.name, func(t *testing.T) { checkHandshake(t, tc) })
+	}
+}

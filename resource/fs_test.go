@@ -34,7 +34,19 @@ func attach(t *testing.T, c *clustertest.Cluster, uri string) (string, func()) {
 	dev := strings.TrimSpace(string(out))
 	return dev, func() {
 		exec.Command("losetup", "-d", dev).Run()
-		exec.Command("umount", dir).Run()
+		// The loop device lets go of the file asynchronously, so the first umount
+		// can meet EBUSY; a lazy umount is the last resort so a dead FUSE mount
+		// never outlives the test.
+		deadline := time.Now().Add(10 * time.Second)
+		for exec.Command("umount", dir).Run() != nil {
+			if time.Now().After(deadline) {
+				t.Errorf("umount %s: still busy after 10s", dir)
+				fuse.Process.Kill()
+				exec.Command("umount", "-l", dir).Run()
+				break
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
 		done := make(chan error, 1)
 		go func() { done <- fuse.Wait() }()
 		select {

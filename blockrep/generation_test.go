@@ -19,15 +19,6 @@ const (
 	uD uint64 = 0xD0D0
 )
 
-// skipBug skips a test that pins the correct behaviour where the implementation is
-// believed wrong, so that the suite stays green; BLOCKREP_RUN_BUGS=1 runs it anyway.
-func skipBug(t *testing.T, why string) {
-	t.Helper()
-	if os.Getenv("BLOCKREP_RUN_BUGS") == "" {
-		t.Skip("BUG: " + why)
-	}
-}
-
 // pri marks a generation as created while Primary.
 func pri(u uint64) uint64 { return u | UUIDPrimaryBit }
 

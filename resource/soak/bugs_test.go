@@ -1,37 +1,27 @@
 package soak
 
 import (
-	"os"
+	"context"
 	"testing"
 	"time"
 
+	"github.com/blockrep/blockrep/blockrep/nbd"
 	"github.com/blockrep/blockrep/resource/clustertest"
 )
 
-// Engine bugs the harness found, each pinned by a test of the correct behaviour that is
-// skipped so that the suite stays green; BLOCKREP_RUN_BUGS=1 runs them anyway (the
-// convention of blockrep/generation_test.go).
+// Engine bugs the soak found, each pinned by a test of the correct behaviour. All three
+// are fixed (blockrep/receive.go and peer.go: every peer hears a role/disk change, a
+// resync target adopts its source's history, Secondaries defer resyncing each other
+// while a Primary is connected); each test failed before its fix.
 
-func skipBug(t *testing.T, why string) {
-	t.Helper()
-	if os.Getenv("BLOCKREP_RUN_BUGS") == "" {
-		t.Skip("BUG: " + why)
-	}
-}
-
-// TestBugPeerDiskViewStaleAfterResync: in a three-node resource every node must see
-// every peer's disk as that peer reports it. After the initial full sync from alpha,
-// beta and gamma are UpToDate, yet each still shows the other as Inconsistent: a
-// SyncTarget that finishes tells only its SyncSource (blockrep/receive.go,
-// resyncFinishedAsTarget queues MsgState on that one peer). When beta is promoted later
-// it keeps that view of gamma, so it treats an UpToDate replica as Inconsistent: it does
-// not let gamma adopt its new generation, would not read from it while diskless
-// (Peer.readable), and would not pick it as an invalidate source.
-func TestBugPeerDiskViewStaleAfterResync(t *testing.T) {
+// TestPeerDiskViewAfterResync: in a three-node resource every node must see every
+// peer's disk as that peer reports it. The bug: a SyncTarget that finished told only its
+// SyncSource, so after the initial sync beta and gamma each showed the other Inconsistent;
+// promoted later, beta would not let gamma adopt its new generation nor read from it.
+func TestPeerDiskViewAfterResync(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts real daemons")
 	}
-	skipBug(t, "after a resync a SyncTarget tells only its SyncSource that it is UpToDate; other peers keep seeing it Inconsistent (soak seed 1)")
 	c := clustertest.New(t, clustertest.Options{Nodes: 3, Size: 16 << 20})
 	alpha, beta, gamma := c.Nodes[0], c.Nodes[1], c.Nodes[2]
 	c.StartAll()
@@ -54,22 +44,77 @@ func TestBugPeerDiskViewStaleAfterResync(t *testing.T) {
 	c.WaitFor("beta to see gamma UpToDate", func() bool { return c.Peer(beta, gamma).PeerDisk == "UpToDate" })
 }
 
-// TestBugResyncBetweenSecondariesLosesPrimaryWrites: in a three-node resource a
-// Secondary that restarts after a crash (kill -9) resyncs its activity-log extents
-// from the other Secondary (handshake rule crashed-secondary) while the Primary goes on
-// writing to both. The resync blocks are read on the source and sent on a stream the
-// Primary's writes do not travel on, so a block the Primary wrote to the target after
-// the source read it is overwritten with the older content. The target then reports
-// UpToDate with acknowledged writes missing; generations match, so nothing repairs it.
-// The soak finds the same race after a failover (seeds 1, 10, 13), a crash during a
-// resync (seed 3) and a resolved split brain (seed 8), wherever a Secondary becomes
-// SyncSource while a Primary writes.
-func TestBugResyncBetweenSecondariesLosesPrimaryWrites(t *testing.T) {
+// TestNoResyncBetweenSecondariesWhileAPrimaryWrites: in a three-node resource a
+// Secondary that restarts after kill -9 must not resync its activity-log extents from
+// the other Secondary while the Primary writes to both. The bug: resync blocks read on
+// the source travel on a stream the Primary's writes do not, so a block the Primary
+// wrote after the source read it was overwritten with older content, and the target
+// reported UpToDate with acknowledged writes missing (soak seeds 1, 3, 8, 10, 13). Now
+// the Secondaries defer that resync while a Primary is connected.
+func TestNoResyncBetweenSecondariesWhileAPrimaryWrites(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts real daemons")
 	}
-	skipBug(t, "a Secondary's resync from another Secondary races the Primary's writes; acknowledged writes are lost on it (soak seeds 1, 3, 8, 10, 13)")
 	p := Plan{Seed: 1003, Nodes: 3, First: 0, SpanOff: 4 << 20, SpanLen: 8 << 20, Writers: 4, Final: 1,
 		Steps: []Step{{Kind: KillSecondary, After: time.Second, Hold: 500 * time.Millisecond, seed: [2]uint64{1003, 1}}}}
 	Run(t, p, Options{})
+}
+
+// TestNoFalseSplitBrainBetweenSecondaries: in a three-node resource, after the Primary
+// lost its disk and handed over to another node, the old Primary comes back and resyncs
+// from the new one; it must then connect to the third node without split brain, since
+// neither wrote on its own. The bug: the third node never adopted the new Primary's
+// generations (the stale view above), and a SyncTarget took over only its source's
+// current generation, not its history, so the two looked like branches of one ancestor
+// (soak seeds 40945930031258, 225408112087446).
+func TestNoFalseSplitBrainBetweenSecondaries(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts real daemons")
+	}
+	c := clustertest.New(t, clustertest.Options{Nodes: 3, Size: 16 << 20, FaultInjection: true})
+	alpha, beta, gamma := c.Nodes[0], c.Nodes[1], c.Nodes[2]
+	c.StartAll()
+	c.WaitFor("connections", func() bool {
+		for _, n := range c.Nodes {
+			for _, p := range c.Status(n).Peers {
+				if p.Connection != "Connected" {
+					return false
+				}
+			}
+		}
+		return true
+	})
+	c.MustAdm(alpha, "primary", "--force", c.Res)
+	c.WaitFor("all UpToDate", func() bool {
+		return c.Status(beta).Disk == "UpToDate" && c.Status(gamma).Disk == "UpToDate"
+	})
+	// alpha's disk fails under a write: it goes on diskless, then hands over to beta.
+	if err := c.Fault(alpha, "ops=write"); err != nil {
+		t.Fatal(err)
+	}
+	cl, err := nbd.Dial(context.Background(), "unix", alpha.ExportPath(), c.Res)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cl.WriteAt(make([]byte, BlockSize), 0, false); err != nil {
+		t.Fatalf("a write on the Primary whose disk failed, with peers connected: %v", err)
+	}
+	cl.Close()
+	c.WaitFor("alpha's disk to fail", func() bool { return c.Status(alpha).DiskFailed })
+	c.WaitFor("alpha's client to go", func() bool { return c.Status(alpha).Clients == 0 })
+	c.MustAdm(alpha, "secondary", c.Res)
+	c.MustAdm(beta, "primary", c.Res)
+	// alpha comes back with a new disk (a daemon restart) and resyncs from beta.
+	c.Fault(alpha, "")
+	c.Kill(alpha)
+	c.Start(alpha)
+	c.MustAdm(alpha, "up", c.Res)
+	c.WaitFor("alpha UpToDate", func() bool { return c.Status(alpha).Disk == "UpToDate" })
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		if p := c.Peer(alpha, gamma); p.SplitBrain || p.Connection == "StandAlone" {
+			t.Fatalf("alpha and gamma: connection %s, split brain %v; neither wrote on its own", p.Connection, p.SplitBrain)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
 }

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"sort"
 	"strings"
 	"time"
 
@@ -43,24 +44,54 @@ func (tr *trial) heal() {
 			tr.adm(n, "attach")
 		}
 		for _, p := range s.Peers {
-			if p.Connection == "StandAlone" {
-				tr.fail("%s went StandAlone towards %s without an operator's disconnect (split-brain %v, reason %q)",
-					n.Name, p.Node, p.SplitBrain, p.Reason)
-				if !p.SplitBrain {
-					tr.adm(n, "connect")
-				}
+			if p.Connection == "StandAlone" && !p.SplitBrain {
+				tr.fail("%s went StandAlone towards %s without an operator's disconnect (%s)", n.Name, p.Node, p.Reason)
+				tr.adm(n, "connect")
 			}
 		}
 	}
-	if err := tr.waitAllInSync(waitLong); err != nil {
+	// Converged, or stuck in a split brain (now or meanwhile), which needs an operator.
+	var stuck string
+	err := tr.waitUntil("every pair in sync", waitLong, func() bool {
+		stuck = tr.splitBrainSeen()
+		return stuck != "" || tr.allInSync()
+	})
+	if stuck != "" {
+		tr.fail("%s without an operator's disconnect or a forced promotion since the faults were healed; %s", stuck, tr.describe())
+		tr.aborted = true
+		return
+	}
+	if err != nil {
 		tr.fail("the cluster did not converge after the faults were healed: %v", err)
 		tr.aborted = true
 		return
 	}
-	if stale := tr.staleViews(); len(stale) > 0 {
+	// Every node must come to see each peer's disk as the peer reports it (a stale view
+	// once made a new Primary hold an UpToDate replica for Inconsistent).
+	var stale []string
+	if err := tr.waitUntil("every peer-disk view current", waitShort, func() bool {
+		stale = tr.staleViews()
+		return len(stale) == 0
+	}); err != nil {
 		tr.res.StaleViews = len(stale)
-		tr.logf("known bug (TestBugPeerDiskViewStaleAfterResync): %s", strings.Join(stale, "; "))
+		tr.fail("stale peer-disk views after convergence: %s", strings.Join(stale, "; "))
 	}
+}
+
+// splitBrainSeen names a connection that went StandAlone for split brain, or "".
+func (tr *trial) splitBrainSeen() string {
+	for _, n := range tr.c.Nodes {
+		s, err := tr.status(n)
+		if err != nil {
+			continue
+		}
+		for _, p := range s.Peers {
+			if p.Connection == "StandAlone" && p.SplitBrain {
+				return fmt.Sprintf("%s went StandAlone towards %s (split-brain true)", n.Name, p.Node)
+			}
+		}
+	}
+	return ""
 }
 
 // check stops the workload and applies the oracle: the node promoted last serves every
@@ -83,6 +114,7 @@ func (tr *trial) check() {
 	}
 	final := tr.c.Nodes[tr.plan.Final]
 	if final != tr.primary {
+		tr.waitNoClients(tr.primary)
 		if err := tr.adm(tr.primary, "secondary"); err != nil {
 			tr.fail("final switchover: %v", err)
 			return
@@ -98,29 +130,45 @@ func (tr *trial) check() {
 	tr.res.Reads = tr.w.Reads()
 	tr.logf("history: %d writes (%d acknowledged, %d of them flushed; %d failed or in flight at a crash), %d flushes, %d reads checked online",
 		st.Writes, st.Acked, st.FlushCovered, st.Failed+st.InFlight, st.Flushes, tr.res.Reads)
-	tr.readBack(final, h)
+	tr.readBack(final, h, "at the end")
 	tr.fio.verify(final)
 	tr.checkIdentical("at the end")
 }
 
-// attribute names the known bug a failed trial shows the signature of.
+// ownRole reports whether a state-change log line changes the node's role as given.
+func ownRole(line, change string) bool {
+	return strings.Contains(line, "change=[role:"+change) || strings.Contains(line, `change="[role:`+change)
+}
+
+// attribute names the known bugs whose signatures a failed trial shows.
 func (tr *trial) attribute() {
 	if len(tr.res.Failures) == 0 {
 		return
 	}
 	if src := tr.secondarySources(); len(src) > 0 {
-		tr.res.KnownBug = "TestBugResyncBetweenSecondariesLosesPrimaryWrites"
-		tr.logf("signature of %s: %s", tr.res.KnownBug, strings.Join(src, "; "))
+		tr.knownBug("TestNoResyncBetweenSecondariesWhileAPrimaryWrites", strings.Join(src, "; "))
+	}
+	for _, f := range tr.res.Failures {
+		if strings.Contains(f, "went StandAlone") && strings.Contains(f, "split-brain true") {
+			tr.knownBug("TestNoFalseSplitBrainBetweenSecondaries", f)
+			break
+		}
 	}
 }
 
-// readBack reads the whole span through n's export and checks every block.
-func (tr *trial) readBack(n *clustertest.Node, h *History) {
+func (tr *trial) knownBug(name, evidence string) {
+	tr.res.KnownBugs = append(tr.res.KnownBugs, name)
+	tr.logf("signature of %s: %s", name, evidence)
+}
+
+// readBack reads the whole span through n's export and checks every block against the
+// history as it stands (nothing may be in flight).
+func (tr *trial) readBack(n *clustertest.Node, h *History, when string) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	cl, err := nbd.Dial(ctx, "unix", n.ExportPath(), tr.c.Res)
 	if err != nil {
-		tr.fail("reading back through %s's export: %v", n.Name, err)
+		tr.fail("reading back %s through %s's export: %v", when, n.Name, err)
 		return
 	}
 	defer cl.Close()
@@ -130,22 +178,22 @@ func (tr *trial) readBack(n *clustertest.Node, h *History) {
 	for off := tr.plan.SpanOff; off < tr.plan.SpanOff+tr.plan.SpanLen; off += int64(len(buf)) {
 		chunk := buf[:min(int64(len(buf)), tr.plan.SpanOff+tr.plan.SpanLen-off)]
 		if err := cl.ReadAt(chunk, off); err != nil {
-			tr.fail("read back at %d on %s: %v", off, n.Name, err)
+			tr.fail("read back %s at %d on %s: %v", when, off, n.Name, err)
 			return
 		}
 		for i := 0; i < len(chunk); i += BlockSize {
 			tr.res.Blocks++
 			if err := h.Check(off+int64(i), chunk[i:i+BlockSize], now, now); err != nil {
 				if bad++; bad <= 10 {
-					tr.fail("read back on %s: %v", n.Name, err)
+					tr.fail("read back %s on %s: %v", when, n.Name, err)
 				}
 			}
 		}
 	}
 	if bad > 10 {
-		tr.fail("read back on %s: %d blocks wrong in all", n.Name, bad)
+		tr.fail("read back %s on %s: %d blocks wrong in all", when, n.Name, bad)
 	}
-	tr.logf("read back %d blocks through %s's export: %d wrong", tr.plan.SpanLen/BlockSize, n.Name, bad)
+	tr.logf("read back %d blocks through %s's export %s: %d wrong", tr.plan.SpanLen/BlockSize, n.Name, when, bad)
 }
 
 // checkIdentical pauses the workload, waits until every pair is in sync, and compares
@@ -254,36 +302,75 @@ func (tr *trial) scanLogs() {
 
 func containsSplitBrain(s string) bool { return strings.Contains(s, "split-brain") }
 
-// secondarySources finds, in the daemons' logs, resyncs that a Secondary served: the
-// signature of TestBugResyncBetweenSecondariesLosesPrimaryWrites. A failed trial that
-// shows it is attributed to that known bug in the summary (and still fails).
+// secondarySources finds, in the daemons' logs, resyncs that a Secondary served while
+// another node was Primary: the signature of
+// TestNoResyncBetweenSecondariesWhileAPrimaryWrites (a fixed bug). A failed trial that
+// shows it is attributed to that regression in the summary (and still fails).
 func (tr *trial) secondarySources() []string {
-	var out []string
+	logs := map[string]io.Reader{}
 	for _, n := range tr.c.Nodes {
 		f, err := os.Open(n.LogFile())
 		if err != nil {
 			continue
 		}
-		primary := false
-		sc := bufio.NewScanner(f)
+		defer f.Close()
+		logs[n.Name] = f
+	}
+	return secondarySources(logs)
+}
+
+// secondarySources reads the logs of every node (by name).
+func secondarySources(logs map[string]io.Reader) []string {
+	type event struct {
+		at, node, what, peer string
+	}
+	var evs []event
+	for node, r := range logs {
+		sc := bufio.NewScanner(r)
 		sc.Buffer(make([]byte, 1<<20), 1<<20)
 		for sc.Scan() {
 			line := sc.Text()
+			at, _, _ := strings.Cut(strings.TrimPrefix(line, "time="), " ")
+			e := event{at: at, node: node}
 			switch {
-			case strings.Contains(line, `msg="blockrepd started"`), strings.Contains(line, "role:Primary->Secondary"):
-				primary = false
-			case strings.Contains(line, "role:Secondary->Primary"):
-				primary = true
-			case !primary && strings.Contains(line, `msg="resync started"`) && strings.Contains(line, "as=SyncSource"):
-				ts, _, _ := strings.Cut(strings.TrimPrefix(line, "time="), " ")
-				peer := ""
+			// The node's own role comes first in a change ("peer-role:" is a peer's);
+			// slog quotes the change only when it has several parts.
+			case strings.Contains(line, `msg="blockrepd started"`), ownRole(line, "Primary->"):
+				e.what = "Secondary"
+			case ownRole(line, "Secondary->Primary"):
+				e.what = "Primary"
+			case strings.Contains(line, `msg="resync started"`) && strings.Contains(line, "as=SyncSource"):
+				e.what = "source"
 				if i := strings.Index(line, " peer="); i >= 0 {
-					peer, _, _ = strings.Cut(line[i+6:], " ")
+					e.peer, _, _ = strings.Cut(line[i+6:], " ")
 				}
-				out = append(out, fmt.Sprintf("%s served a resync to %s as a Secondary at %s", n.Name, peer, ts))
+			default:
+				continue
+			}
+			evs = append(evs, e)
+		}
+	}
+	// The timestamps share one format, so they sort as strings.
+	sort.SliceStable(evs, func(i, j int) bool { return evs[i].at < evs[j].at })
+	primary := map[string]bool{}
+	var out []string
+	for _, e := range evs {
+		switch e.what {
+		case "Primary":
+			primary[e.node] = true
+		case "Secondary":
+			primary[e.node] = false
+		case "source":
+			if primary[e.node] {
+				continue
+			}
+			for other, p := range primary {
+				if p {
+					out = append(out, fmt.Sprintf("%s served a resync to %s as a Secondary at %s while %s was Primary", e.node, e.peer, e.at, other))
+					break
+				}
 			}
 		}
-		f.Close()
 	}
 	return out
 }

@@ -90,7 +90,7 @@ func (tr *trial) failover(old *clustertest.Node, eligible []*clustertest.Node, h
 			tr.aborted = true
 			return
 		}
-		if err := tr.promote(old, false); err != nil {
+		if err := tr.takeOver(old, "after the crashed Primary "+old.Name+" came back"); err != nil {
 			tr.fail("the restarted Primary %s cannot be promoted again: %v; %s", old.Name, err, tr.describe())
 			tr.aborted = true
 		}
@@ -104,7 +104,7 @@ func (tr *trial) failover(old *clustertest.Node, eligible []*clustertest.Node, h
 	if err != nil {
 		tr.fail("%v", err)
 	}
-	if err := tr.promote(s, false); err != nil {
+	if err := tr.takeOver(s, "after failing over from "+old.Name+" to "+s.Name); err != nil {
 		tr.fail("%s was in sync with the dead Primary %s but cannot be promoted: %v", s.Name, old.Name, err)
 		tr.aborted = true
 		return
@@ -279,12 +279,11 @@ func (tr *trial) disklessPrimary(st Step, r *rand.Rand, werr, rerr int64) {
 	}
 	if r.IntN(2) == 0 {
 		s := pick(r, up)
-		if err := tr.promote(s, false); err != nil {
+		if err := tr.takeOver(s, "after switching from the diskless "+p.Name+" to "+s.Name); err != nil {
 			tr.fail("%s had the diskless Primary's data but cannot be promoted: %v", s.Name, err)
 			tr.aborted = true
 			return
 		}
-		tr.w.Resume()
 		tr.recoverDisk(p, r)
 		return
 	}
@@ -302,12 +301,10 @@ func (tr *trial) disklessPrimary(st Step, r *rand.Rand, werr, rerr int64) {
 		tr.aborted = true
 		return
 	}
-	if err := tr.promote(p, false); err != nil {
+	if err := tr.takeOver(p, "after "+p.Name+" got its disk back"); err != nil {
 		tr.fail("re-promoting %s after its disk came back: %v", p.Name, err)
 		tr.aborted = true
-		return
 	}
-	tr.w.Resume()
 }
 
 // recoverDisk clears the fault and gives node n its disk back: detach + attach,
@@ -492,6 +489,7 @@ func (tr *trial) splitBrain(st Step, r *rand.Rand) {
 		tr.aborted = true
 		return
 	}
+	tr.checkpoint("after resolving the split brain")
 	tr.checkIdentical("after resolving the split brain")
 }
 
@@ -504,6 +502,7 @@ func (tr *trial) discard(w *Workload, victimPrimary *clustertest.Node, victims, 
 	}
 	tr.fio.wait()
 	tr.logf("victims: %v; lineage %d is discarded", names(victims), w.History().Lineage)
+	tr.waitNoClients(victimPrimary)
 	if err := tr.adm(victimPrimary, "secondary"); err != nil {
 		tr.fail("demoting the split-brain victim %s: %v", victimPrimary.Name, err)
 		tr.aborted = true

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"math"
 	"math/rand/v2"
-	"sort"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -268,18 +267,6 @@ func (h *History) Stats() Stats {
 		}
 	}
 	return s
-}
-
-// Offsets returns every block offset written, sorted.
-func (h *History) Offsets() []int64 {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	out := make([]int64, 0, len(h.blocks))
-	for off := range h.blocks {
-		out = append(out, off)
-	}
-	sort.Slice(out, func(i, j int) bool { return out[i] < out[j] })
-	return out
 }
 
 // Block content: a header naming the write, then bytes drawn from a generator seeded

@@ -2,6 +2,7 @@ package soak
 
 import (
 	"crypto/sha256"
+	"io"
 	"strings"
 	"testing"
 )
@@ -141,5 +142,26 @@ func TestHistoryFork(t *testing.T) {
 	}
 	if f.Lineage != h.Lineage+1 || f.NextID() <= 3 {
 		t.Errorf("fork lineage %d, next id shared: %v", f.Lineage, f.NextID())
+	}
+}
+
+// The known-bug signature: a resync served by a Secondary while another node is Primary.
+// A Secondary that serves a resync when nobody is Primary (a crashed Primary coming back
+// as the source of its own activity log) is not it, and a peer's role changes are not
+// the node's own.
+func TestSecondarySourceSignature(t *testing.T) {
+	line := func(at, node, msg string) string {
+		return "time=2026-01-01T00:00:" + at + "Z level=INFO " + msg + " node=" + node + "\n"
+	}
+	alpha := line("01.000", "alpha", `msg="blockrepd started"`) +
+		line("02.000", "alpha", `msg="state change" change="[role:Secondary->Primary disk:Inconsistent->UpToDate]"`) +
+		line("09.000", "alpha", `msg="state change" change=[role:Primary->Secondary]`)
+	gamma := line("01.000", "gamma", `msg="blockrepd started"`) +
+		line("03.000", "gamma", `msg="state change" change="[alpha peer-role:Primary->Secondary]"`) +
+		line("04.000", "gamma", `msg="resync started" peer=beta as=SyncSource`) +
+		line("10.000", "gamma", `msg="resync started" peer=beta as=SyncSource`)
+	got := secondarySources(map[string]io.Reader{"alpha": strings.NewReader(alpha), "gamma": strings.NewReader(gamma)})
+	if len(got) != 1 || !strings.Contains(got[0], "gamma served a resync to beta") || !strings.Contains(got[0], "alpha was Primary") {
+		t.Fatalf("signature: %q; want gamma's first resync only", got)
 	}
 }

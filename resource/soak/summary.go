@@ -2,6 +2,8 @@ package soak
 
 import (
 	"fmt"
+	"maps"
+	"slices"
 	"strings"
 	"time"
 )
@@ -14,9 +16,10 @@ type Summary struct {
 	Indeterminate   int64 // failed or in-flight writes (either outcome allowed)
 	Reads, Blocks   int64
 	FioTrials       int
-	StaleViewTrials int // trials ending with a stale peer-disk view (known bug)
+	StaleViewTrials int // trials ending with a stale peer-disk view
 	// KnownBugs counts failed trials by the known bug whose signature they show.
 	KnownBugs        map[string]int
+	Unexplained      int // failed trials with no known bug's signature
 	Nodes            map[int]int
 	Failures         []string // "seed N: what"
 	Elapsed, Longest time.Duration
@@ -59,9 +62,13 @@ func (s *Summary) Add(r *Result) {
 	if len(r.Failures) > 0 {
 		s.Failed++
 		tag := ""
-		if r.KnownBug != "" {
-			s.KnownBugs[r.KnownBug]++
-			tag = " [" + r.KnownBug + "]"
+		for _, b := range r.KnownBugs {
+			s.KnownBugs[b]++
+		}
+		if len(r.KnownBugs) == 0 {
+			s.Unexplained++
+		} else {
+			tag = " [" + strings.Join(r.KnownBugs, ", ") + "]"
 		}
 		for _, f := range r.Failures {
 			s.Failures = append(s.Failures, fmt.Sprintf("seed %d (%d nodes)%s: %s", r.Plan.Seed, r.Plan.Nodes, tag, firstLine(f)))
@@ -85,8 +92,8 @@ func Line(r *Result) string {
 	verdict := "ok"
 	if len(r.Failures) > 0 {
 		verdict = fmt.Sprintf("FAILED (%d) — files kept in %s", len(r.Failures), r.Dir)
-		if r.KnownBug != "" {
-			verdict += " [signature of " + r.KnownBug + "]"
+		if len(r.KnownBugs) > 0 {
+			verdict += " [signature of " + strings.Join(r.KnownBugs, ", ") + "]"
 		}
 	}
 	return fmt.Sprintf("seed %d: %d nodes, %s: %d acknowledged writes checked, %d reads: %s (%.1fs)",
@@ -109,12 +116,15 @@ func (s *Summary) String() string {
 		s.Acked, s.Flushed, s.Indeterminate)
 	fmt.Fprintf(&b, "blocks read back: %d; reads checked online: %d; trials with fio verification: %d\n", s.Blocks, s.Reads, s.FioTrials)
 	if s.StaleViewTrials > 0 {
-		fmt.Fprintf(&b, "known bug seen: stale peer-disk views after convergence in %d trials (TestBugPeerDiskViewStaleAfterResync)\n", s.StaleViewTrials)
+		fmt.Fprintf(&b, "stale peer-disk views after convergence in %d trials (TestPeerDiskViewAfterResync)\n", s.StaleViewTrials)
 	}
 	fmt.Fprintf(&b, "time: %s in trials, longest %s (seed %d)\n", s.Elapsed.Round(time.Second), s.Longest.Round(100*time.Millisecond), s.LongestSeed)
 	fmt.Fprintf(&b, "separately covered in-process (blockrep): simulated power loss (TestPowerLossKeepsEveryFlushedWrite), FLUSH on the peer disk (TestFlushReachesThePeerDisk), 1,000 reconnects (TestThousandReconnectsLeakNothing)\n")
-	for bug, n := range s.KnownBugs {
-		fmt.Fprintf(&b, "failed trials showing the signature of %s: %d of %d\n", bug, n, s.Failed)
+	for _, bug := range slices.Sorted(maps.Keys(s.KnownBugs)) {
+		fmt.Fprintf(&b, "failed trials showing the signature of the fixed bug %s: %d of %d\n", bug, s.KnownBugs[bug], s.Failed)
+	}
+	if s.Failed > 0 {
+		fmt.Fprintf(&b, "failed trials with no known bug's signature: %d\n", s.Unexplained)
 	}
 	if len(s.Failures) == 0 {
 		b.WriteString("failures: none\n")

@@ -32,13 +32,13 @@ type Result struct {
 	Blocks  int64        // blocks read back and checked at the end
 	Fio     bool         // fio's verify state was checked too
 	// StaleViews: after convergence a node still showed a peer's disk in another state
-	// than the peer's own (a known engine bug, reported, not failed).
+	// than the peer's own (a failure; TestPeerDiskViewAfterResync pins it).
 	StaleViews int
-	// KnownBug names the pinned bug whose signature a failed trial shows, if any.
-	KnownBug string
-	Failures []string
-	Duration time.Duration
-	Dir      string // the trial's files, kept when it failed
+	// KnownBugs names the pinned bugs whose signatures a failed trial shows.
+	KnownBugs []string
+	Failures  []string
+	Duration  time.Duration
+	Dir       string // the trial's files, kept when it failed
 }
 
 // trial runs one Plan against a real cluster. Its methods run on the test's goroutine;
@@ -73,16 +73,25 @@ const (
 )
 
 // Run runs one trial; the failures are reported to t as they are found and returned
-// in the Result.
-func Run(t testing.TB, p Plan, o Options) *Result {
+// in the Result. (If the cluster cannot even be set up, clustertest fails t and Run
+// does not return.)
+func Run(t testing.TB, p Plan, o Options) (res *Result) {
 	t.Helper()
 	if o.Network == "" {
 		o.Network = PickNetwork()
 	}
 	tr := &trial{t: t, plan: p, start: time.Now(),
 		res: &Result{Plan: p, Network: o.Network, Faults: map[Kind]int{}, Skipped: map[Kind]int{}}}
+	res = tr.res
 	defer func() { tr.res.Duration = time.Since(tr.start) }()
 	defer tr.finish()
+	defer func() {
+		if v := recover(); v != nil {
+			if _, ok := v.(abortTrial); !ok {
+				panic(v)
+			}
+		}
+	}()
 	tr.setup(o)
 	for i, st := range p.Steps {
 		if tr.aborted || tr.hung {
@@ -188,11 +197,14 @@ func (tr *trial) fail(format string, a ...any) {
 	tr.t.Errorf("seed %d: %s", tr.plan.Seed, msg)
 }
 
-// fatal is a failure after which the trial cannot go on.
+// fatal is a failure after which the trial cannot go on: it unwinds to Run, which
+// stops what runs and returns the result (the failure is already reported).
 func (tr *trial) fatal(format string, a ...any) {
 	tr.fail(format, a...)
-	tr.t.FailNow()
+	panic(abortTrial{})
 }
+
+type abortTrial struct{}
 
 // hang records a request or command that never returned: every daemon is asked for a
 // goroutine dump (into its log) and killed.
@@ -244,8 +256,7 @@ func (tr *trial) peer(n, p *clustertest.Node) (control.ResourceStatus, control.P
 
 // inSync: a and b are both UpToDate (each by its own status) and replicate with each
 // other (Connected and Established, seen from both sides). Their views of each other's
-// disk are not required: the engine does not always keep them current
-// (TestBugPeerDiskViewStaleAfterResync), which staleViews reports separately.
+// disk are checked separately, by staleViews, once the cluster has converged.
 func (tr *trial) inSync(a, b *clustertest.Node) bool {
 	sa, pa, ok := tr.peer(a, b)
 	if !ok {
@@ -289,16 +300,18 @@ func (tr *trial) allConnected() bool {
 }
 
 func (tr *trial) waitAllInSync(timeout time.Duration) error {
-	return tr.waitUntil("every pair in sync", timeout, func() bool {
-		for i, a := range tr.c.Nodes {
-			for _, b := range tr.c.Nodes[i+1:] {
-				if !tr.inSync(a, b) {
-					return false
-				}
+	return tr.waitUntil("every pair in sync", timeout, tr.allInSync)
+}
+
+func (tr *trial) allInSync() bool {
+	for i, a := range tr.c.Nodes {
+		for _, b := range tr.c.Nodes[i+1:] {
+			if !tr.inSync(a, b) {
+				return false
 			}
 		}
-		return true
-	})
+	}
+	return true
 }
 
 // describe is every node's status in one line each, for failure messages.
@@ -379,7 +392,15 @@ func (tr *trial) promote(n *clustertest.Node, force bool) error {
 	if force {
 		args = append(args, "--force")
 	}
-	if err := tr.adm(n, args...); err != nil {
+	err := tr.adm(n, args...)
+	// A promotion asks every connected peer first; a link that a keepalive timeout
+	// drops in that moment (typically a second after a partition healed) fails it with
+	// "connection lost". That is transient: once the peers are back, it is retried.
+	for try := 0; err != nil && strings.Contains(err.Error(), "connection lost") && try < 3; try++ {
+		tr.waitSettled(n)
+		err = tr.adm(n, args...)
+	}
+	if err != nil {
 		return err
 	}
 	tr.primary = n
@@ -387,6 +408,49 @@ func (tr *trial) promote(n *clustertest.Node, force bool) error {
 		tr.w.SetTarget(n.ExportPath())
 	}
 	return nil
+}
+
+// takeOver promotes n with the workload paused, reads the whole span back through its
+// export before anything new is written — every acknowledged write must be there — and
+// resumes the workload on it. The pause is a no-op when the workload is already paused.
+func (tr *trial) takeOver(n *clustertest.Node, when string) error {
+	if err := tr.w.Pause(pauseLimit); err != nil {
+		tr.hang("pausing the workload: %v", err)
+		return err
+	}
+	defer tr.w.Resume()
+	if err := tr.promote(n, false); err != nil {
+		return err
+	}
+	tr.readBack(n, tr.w.History(), when)
+	return nil
+}
+
+// checkpoint reads the whole span back through the Primary's export with the workload
+// paused.
+func (tr *trial) checkpoint(when string) {
+	if err := tr.w.Pause(pauseLimit); err != nil {
+		tr.hang("pausing the workload: %v", err)
+		return
+	}
+	defer tr.w.Resume()
+	tr.readBack(tr.primary, tr.w.History(), when)
+}
+
+// waitSettled waits (at most waitShort) until n is Connected to every peer whose
+// daemon answers.
+func (tr *trial) waitSettled(n *clustertest.Node) {
+	tr.waitUntil(n.Name+" reconnected", waitShort, func() bool {
+		for _, o := range tr.others(n) {
+			if _, err := tr.status(o); err != nil {
+				continue
+			}
+			if _, ps, ok := tr.peer(n, o); !ok || ps.Connection != "Connected" {
+				return false
+			}
+		}
+		return true
+	})
 }
 
 // demote pauses the workload (and lets fio finish) and makes the Primary Secondary.
@@ -397,5 +461,19 @@ func (tr *trial) demote() error {
 		return err
 	}
 	tr.fio.wait()
+	tr.waitNoClients(tr.primary)
 	return tr.adm(tr.primary, "secondary")
+}
+
+// waitNoClients waits until n's export has no client left: the server notices a
+// closed connection a moment after the client closed it, and secondary is refused
+// while a client is attached.
+func (tr *trial) waitNoClients(n *clustertest.Node) {
+	err := tr.waitUntil(n.Name+"'s export to lose its clients", waitShort, func() bool {
+		s, err := tr.status(n)
+		return err == nil && s.Clients == 0
+	})
+	if err != nil {
+		tr.logf("%v", err)
+	}
 }

@@ -25,7 +25,6 @@ type Workload struct {
 	spanOff  int64
 	blocks   int64
 	writers  int
-	logf     func(format string, a ...any)
 
 	mu      sync.Mutex
 	cond    sync.Cond
@@ -51,13 +50,12 @@ type WorkloadConfig struct {
 	SpanOff  int64 // first byte of the span (block-aligned)
 	SpanLen  int64
 	Writers  int
-	Logf     func(format string, a ...any)
 }
 
 // StartWorkload starts the goroutines against the export at target.
 func StartWorkload(cfg WorkloadConfig, h *History, target string) *Workload {
 	w := &Workload{hist: h, resource: cfg.Resource, seed: cfg.Seed, spanOff: cfg.SpanOff, blocks: cfg.SpanLen / BlockSize,
-		writers: cfg.Writers, logf: cfg.Logf, target: target}
+		writers: cfg.Writers, target: target}
 	w.cond.L = &w.mu
 	for i := 0; i < w.writers; i++ {
 		w.spawn(w.write)

@@ -377,6 +377,21 @@ func (c *Cluster) WaitFor(what string, cond func() bool) {
 	}
 }
 
+// WaitAllConnected waits until every node is Connected to every peer.
+func (c *Cluster) WaitAllConnected() {
+	c.T.Helper()
+	c.WaitFor("every connection", func() bool {
+		for _, n := range c.Nodes {
+			for _, p := range c.Status(n).Peers {
+				if p.Connection != "Connected" {
+					return false
+				}
+			}
+		}
+		return true
+	})
+}
+
 // InSync reports whether n and p are connected, Established and both UpToDate.
 func (c *Cluster) InSync(n, p *Node) bool {
 	s := c.Status(n)

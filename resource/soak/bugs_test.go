@@ -25,16 +25,7 @@ func TestPeerDiskViewAfterResync(t *testing.T) {
 	c := clustertest.New(t, clustertest.Options{Nodes: 3, Size: 16 << 20})
 	alpha, beta, gamma := c.Nodes[0], c.Nodes[1], c.Nodes[2]
 	c.StartAll()
-	c.WaitFor("connections", func() bool {
-		for _, n := range c.Nodes {
-			for _, p := range c.Status(n).Peers {
-				if p.Connection != "Connected" {
-					return false
-				}
-			}
-		}
-		return true
-	})
+	c.WaitAllConnected()
 	c.MustAdm(alpha, "primary", "--force", c.Res)
 	c.WaitFor("both Secondaries UpToDate", func() bool {
 		return c.Status(beta).Disk == "UpToDate" && c.Status(gamma).Disk == "UpToDate"
@@ -74,16 +65,7 @@ func TestNoFalseSplitBrainBetweenSecondaries(t *testing.T) {
 	c := clustertest.New(t, clustertest.Options{Nodes: 3, Size: 16 << 20, FaultInjection: true})
 	alpha, beta, gamma := c.Nodes[0], c.Nodes[1], c.Nodes[2]
 	c.StartAll()
-	c.WaitFor("connections", func() bool {
-		for _, n := range c.Nodes {
-			for _, p := range c.Status(n).Peers {
-				if p.Connection != "Connected" {
-					return false
-				}
-			}
-		}
-		return true
-	})
+	c.WaitAllConnected()
 	c.MustAdm(alpha, "primary", "--force", c.Res)
 	c.WaitFor("all UpToDate", func() bool {
 		return c.Status(beta).Disk == "UpToDate" && c.Status(gamma).Disk == "UpToDate"

@@ -288,13 +288,15 @@ func (tr *trial) disklessPrimary(st Step, r *rand.Rand, werr, rerr int64) {
 		return
 	}
 	tr.recoverDisk(p, r)
+	// In sync with every peer: each has its own bitmap of what p missed, and p becomes
+	// SyncTarget of one after another.
 	err := tr.waitUntil(p.Name+" resynced", waitMedium, func() bool {
 		for _, s := range up {
-			if tr.inSync(p, s) {
-				return true
+			if !tr.inSync(p, s) {
+				return false
 			}
 		}
-		return false
+		return true
 	})
 	if err != nil {
 		tr.fail("after re-attaching its disk: %v", err)

@@ -57,8 +57,8 @@ func (p *poller) check(n *clustertest.Node) {
 	if s.Role == "Primary" && s.Disk != "UpToDate" && s.Disk != "Diskless" {
 		p.report("%s was Primary with a %s disk", n.Name, s.Disk)
 	}
+	var suspects []string
 	p.mu.Lock()
-	defer p.mu.Unlock()
 	for _, ps := range s.Peers {
 		if ps.Connection != "Connected" {
 			continue
@@ -67,9 +67,40 @@ func (p *poller) check(n *clustertest.Node) {
 			p.reportLocked("%s and %s were both Primary while connected", n.Name, ps.Node)
 		}
 		if p.forbidden[[2]string{n.Name, ps.Node}] {
-			p.reportLocked("%s connected to %s before their split brain was resolved: the data was merged silently", n.Name, ps.Node)
+			suspects = append(suspects, ps.Node)
 		}
 	}
+	p.mu.Unlock()
+	// One side alone may still show a connection the other side already dropped (it
+	// has not timed out yet); a merge needs a handshake, after which both sides show it.
+	for _, name := range suspects {
+		if p.connectedTo(name, n.Name) {
+			p.mu.Lock()
+			if p.forbidden[[2]string{n.Name, name}] {
+				p.reportLocked("%s connected to %s before their split brain was resolved: the data was merged silently", n.Name, name)
+			}
+			p.mu.Unlock()
+		}
+	}
+}
+
+// connectedTo reports whether node from shows a connection to node to right now.
+func (p *poller) connectedTo(from, to string) bool {
+	for _, n := range p.nodes {
+		if n.Name != from {
+			continue
+		}
+		s, err := p.c.TryStatus(n, time.Second)
+		if err != nil {
+			return false
+		}
+		for _, ps := range s.Peers {
+			if ps.Node == to {
+				return ps.Connection == "Connected"
+			}
+		}
+	}
+	return false
 }
 
 func (p *poller) report(format string, a ...any) {

@@ -234,6 +234,17 @@ func (al *ActivityLog) Clean() error {
 	return nil
 }
 
+// HotExtents returns the extents in the log, in no particular order.
+func (al *ActivityLog) HotExtents() []uint32 {
+	al.mu.Lock()
+	defer al.mu.Unlock()
+	out := make([]uint32, 0, len(al.entries))
+	for e := range al.entries {
+		out = append(out, e)
+	}
+	return out
+}
+
 // Hot returns the number of extents in the log.
 func (al *ActivityLog) Hot() int {
 	al.mu.Lock()

@@ -780,3 +780,62 @@ func TestPartitionThenPrimaryCrashLosesNoAcknowledgedWrite(t *testing.T) {
 		t.Fatalf("only %d writes acknowledged before the partition", len(acked))
 	}
 }
+
+// TestSurvivorsOfAPrimaryCrashConverge: the Primary's last write reaches one Secondary
+// and not the other (its link to that one is cut), then the Primary dies. The write was
+// never acknowledged, so either content is allowed — but the two survivors must end
+// identical: each marks the blocks of its activity log towards the other when the
+// Primary goes away, and they resync those before one of them is promoted.
+func TestSurvivorsOfAPrimaryCrashConverge(t *testing.T) {
+	var proxy *linkProxy
+	n := testClusterWith(t, 3, 16<<20, ProtocolC, func(i int, cfg *Config) {
+		if i == 1 {
+			// beta dials alpha through the proxy; a cut drops alpha's writes to beta.
+			proxy = newLinkProxy(t, cfg.Peers[0].Address)
+			cfg.Peers[0].Address = proxy.ln.Addr().String()
+		}
+		for j := range cfg.Peers {
+			cfg.Peers[j].Timeout, cfg.Peers[j].PingInt = time.Hour, time.Hour
+		}
+	})
+	a, b, c := n[0], n[1], n[2]
+	for _, nd := range n {
+		nd.v.Connect(-1, false)
+	}
+	waitFor(t, "connected", func() bool { return connected(a, b) && connected(a, c) && connected(b, c) })
+	if err := a.v.Promote(true); err != nil {
+		t.Fatal(err)
+	}
+	waitSynced(t, a, b)
+	waitSynced(t, a, c)
+	waitSynced(t, b, c)
+	write(t, a.v, 5<<20, randBytes(64<<10))
+
+	proxy.cut.Store(true)
+	done := make(syncCompleter, 1)
+	var bt Batch
+	a.v.Submit(&Request{Op: OpWrite, Off: 5 << 20, Data: randBytes(4096), Len: 4096, Owner: done}, &bt)
+	bt.Flush()
+	buf := make([]byte, 4096)
+	waitFor(t, "gamma to apply the last write", func() bool {
+		c.v.data.ReadAt(buf, 5<<20)
+		b2 := make([]byte, 4096)
+		b.v.data.ReadAt(b2, 5<<20)
+		return !bytes.Equal(buf, b2)
+	})
+	a.crash()
+	<-done // fails or never counted: the Primary is gone
+
+	waitFor(t, "the survivors to settle", func() bool {
+		return connected(b, c) && b.v.State().Disk == UpToDate && c.v.State().Disk == UpToDate
+	})
+	if err := b.v.Promote(false); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the survivors in sync", func() bool {
+		return connected(b, c) && c.v.State().Disk == UpToDate && b.v.peers[1].bm.Count() == 0
+	})
+	if dataSum(t, b) != dataSum(t, c) {
+		t.Fatal("the survivors of the Primary's crash differ")
+	}
+}

@@ -51,8 +51,8 @@ type HandshakeResult struct {
 	Bits       SyncBits
 	SplitBrain bool   // split brain was detected (resolved or not)
 	Reason     string // the log line explaining a drop or an automatic resolution
-	// Deferred: a resync was due but waits until no Primary is connected (Repl is
-	// Established, Bits none).
+	// Deferred: a resync was due but waits until no Primary is connected or until one
+	// of two Inconsistent disks is UpToDate (Repl is Established, Bits none).
 	Deferred bool
 }
 
@@ -124,6 +124,13 @@ func DecideHandshake(self, peer HandshakeSide, pol SplitBrainPolicy) HandshakeRe
 
 	if self.Role == Primary && peer.Role == Primary {
 		return drop(r, "Both nodes are Primary, dropping connection!")
+	}
+	// Both disks Inconsistent (each, say, a SyncTarget of a third node): neither can be
+	// the source now. Stay connected and decide again once one of them is UpToDate.
+	if dir != 0 && selfIncons && peerIncons && !r.SplitBrain {
+		r.Repl, r.Bits, r.Deferred = Established, BitsNone, true
+		r.Reason = "Resync deferred: both disks are Inconsistent"
+		return r
 	}
 	// Both sides log the same line, whichever of them is meant.
 	if dir > 0 && selfIncons || dir < 0 && peerIncons {

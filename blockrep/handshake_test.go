@@ -47,6 +47,7 @@ const (
 	reasonUnresolved       = "Split-Brain detected but unresolved, dropping connection!"
 	reasonBothPrimary      = "Both nodes are Primary, dropping connection!"
 	reasonSourceIncons     = "I shall become SyncSource, but I am inconsistent!"
+	reasonBothIncons       = "Resync deferred: both disks are Inconsistent"
 	reasonTargetPrimary    = "I shall become SyncTarget, but I am primary!"
 	reasonDiskSource       = "Becoming sync source due to disk states."
 	reasonDiskTarget       = "Becoming sync target due to disk states."
@@ -91,6 +92,9 @@ func checkHandshake(t *testing.T, tc handshakeCase) {
 	}
 	if got.Drop() != (tc.repl == ReplOff) {
 		t.Fatalf("Drop() = %v with Repl %v", got.Drop(), got.Repl)
+	}
+	if want := strings.HasPrefix(tc.reason, "Resync deferred"); got.Deferred != want {
+		t.Fatalf("Deferred = %v, want %v", got.Deferred, want)
 	}
 	if tc.rule != "" && got.Rule != tc.rule {
 		t.Fatalf("rule = %q, want %q", got.Rule, tc.rule)
@@ -176,12 +180,15 @@ func TestDecideHandshakeFromGenerations(t *testing.T) {
 		{name: "both Primary without split brain: dropped",
 			self: alpha(P, U, genSame[0], 0), peer: bravo(P, U, genSame[1], 0),
 			repl: ReplOff, reason: reasonBothPrimary},
-		{name: "the would-be source is Inconsistent too: dropped",
+		{name: "the would-be source is Inconsistent too: deferred until one is UpToDate",
 			self: alpha(S, I, genSelfAhead[0], 0), peer: bravo(S, I, genSelfAhead[1], 0),
-			repl: ReplOff, reason: reasonSourceIncons},
-		{name: "fresh metadata against an Inconsistent peer with data: dropped, the peer cannot be source",
+			repl: Established, reason: reasonBothIncons},
+		{name: "fresh metadata against an Inconsistent peer with data: deferred, the peer cannot be source",
 			self: alpha(S, I, genFresh[0], 0), peer: bravo(S, I, genFresh[1], 0),
-			repl: ReplOff, reason: reasonSourceIncons},
+			repl: Established, reason: reasonBothIncons},
+		{name: "a split brain resolved towards an Inconsistent source: dropped",
+			self: alpha(S, I, genSplit[0], 0), peer: bravo(S, I, discarding(genSplit[1]), 0),
+			repl: ReplOff, splitBrain: true, reason: reasonSourceIncons},
 		{name: "discard-my-data does not reverse a decided resync",
 			self: alpha(S, U, discarding(genSelfAhead[0]), 2), peer: bravo(S, U, genSelfAhead[1], 0),
 			repl: SyncSource, bits: BitsMerge},

@@ -43,14 +43,16 @@ type Peer struct {
 	ctl         chan ctlMsg // receiver-originated control messages, sent by the session's ctl goroutine
 	sessStop    chan struct{}
 	sessWG      *sync.WaitGroup
+	recvDone    chan struct{} // closed when the live session's receive loop has returned
 
 	lastRecv atomic.Int64 // unix nanoseconds of the last input
 
 	wentLive bool   // the current session got past its handshake (manager goroutine only)
 	zbuf     []byte // receive loop scratch for resync zero ranges
-	// deferred: this session's resync was deferred because a Primary was connected
-	// (under v.mu); it re-handshakes once that changes.
-	deferred bool
+	// deferred: this session's resync was deferred because a Primary was connected or
+	// both disks were Inconsistent (under v.mu); it re-handshakes once that changes.
+	// bothInconsistent tells the second cause.
+	deferred, bothInconsistent bool
 
 	rs resyncStats
 }
@@ -151,6 +153,25 @@ func (p *Peer) dropLink(why string) {
 	if c != nil {
 		p.log.Info("closing connection", "reason", why)
 		c.Close()
+	}
+}
+
+// stopLink closes the link and waits (at most timeout) until its receive loop has
+// returned, so that nothing it received is applied afterwards.
+func (p *Peer) stopLink(why string, timeout time.Duration) bool {
+	p.pendMu.Lock()
+	c, done := p.link, p.recvDone
+	p.pendMu.Unlock()
+	if c == nil || done == nil {
+		return true
+	}
+	p.log.Info("closing connection", "reason", why)
+	c.Close()
+	select {
+	case <-done:
+		return true
+	case <-time.After(timeout):
+		return false
 	}
 }
 
@@ -564,7 +585,11 @@ func (p *Peer) session(c *transport.Conn) (standalone bool, reason string, split
 	if res.Repl == SyncTarget {
 		if other := p.currentSourceOtherThanMe(); other != nil {
 			if peer.Role == Primary {
-				other.dropLink(fmt.Sprintf("resync from the Primary %s takes precedence", p.cfg.Name))
+				// Whatever the old source's receive loop still holds must land before
+				// the Primary's resync writes the same blocks.
+				if !other.stopLink(fmt.Sprintf("resync from the Primary %s takes precedence", p.cfg.Name), 5*time.Second) {
+					return false, fmt.Sprintf("the resync from %s did not stop; retrying later", other.cfg.Name), false
+				}
 			} else {
 				return false, fmt.Sprintf("already SyncTarget from %s; retrying later", other.cfg.Name), false
 			}
@@ -618,6 +643,7 @@ func (p *Peer) session(c *transport.Conn) (standalone bool, reason string, split
 	}
 	p.discardMyData = false
 	p.deferred = res.Deferred
+	p.bothInconsistent = res.Deferred && self.Disk <= Inconsistent && peer.Disk <= Inconsistent
 	if res.Repl == Established && !res.Deferred {
 		p.settleNoSyncLocked(self, peer)
 	}
@@ -639,6 +665,8 @@ func (p *Peer) session(c *transport.Conn) (standalone bool, reason string, split
 	p.pendMu.Lock()
 	p.ctl = ctl
 	p.link, p.replicating = c, true
+	recvDone := make(chan struct{})
+	p.recvDone = recvDone
 	p.pendMu.Unlock()
 	v.mu.Lock()
 	p.sendStateLocked() // whatever changed since our handshake was sent
@@ -662,6 +690,7 @@ func (p *Peer) session(c *transport.Conn) (standalone bool, reason string, split
 		p.rs.begin(p.bm.Count())
 	}
 	err = p.receive(c)
+	close(recvDone)
 	close(stop)
 	c.Close()
 	p.rs.end() // wakes a resync loop waiting for its window
@@ -795,14 +824,16 @@ func (p *Peer) teardown(c *transport.Conn) {
 	v.gate.Lock()
 	v.mu.Lock()
 	lostPrimary := v.state.Peer(p.cfg.NodeID).Role == Primary
-	p.deferred = false
+	p.deferred, p.bothInconsistent = false, false
 	v.changeLocked(func(s *State) {
 		if sp := s.Peer(p.cfg.NodeID); sp.Conn == Connected {
 			sp.Conn = Connecting
 		}
 	})
 	if lostPrimary {
-		v.rehandshakeLocked(func(o *Peer) bool { return o.deferred }, "the Primary is gone: re-deciding the deferred resync")
+		marked := v.state.Role == Secondary && v.markPrimaryLossLocked(p)
+		v.rehandshakeLocked(func(o *Peer) bool { return o.deferred || marked && o != p },
+			"the Primary is gone: re-deciding with the blocks its last writes touched")
 	}
 	if wasReplicating && v.state.Role == Primary {
 		if err := v.newGenerationLocked(false, v.diskFailed.Load()); err != nil {
@@ -816,12 +847,57 @@ func (p *Peer) teardown(c *transport.Conn) {
 	}
 }
 
+// markPrimaryLossLocked: the Primary (peer lost) went away without stepping down. Its
+// last writes may have reached some Secondaries and not others, and nothing says which,
+// so every block our activity log covers is marked out of sync towards the other peers
+// and their slots flagged (as after a crash of ours): the survivors resync those blocks
+// from one of them, or from whichever becomes Primary. Reports whether it marked any.
+func (v *Volume) markPrimaryLossLocked(lost *Peer) bool {
+	var hot []uint32
+	if v.cfg.ALUpdates {
+		hot = v.al.HotExtents()
+	}
+	var slots []int
+	for _, o := range v.peers {
+		if o == lost {
+			continue
+		}
+		if !v.cfg.ALUpdates {
+			o.bm.SetAll() // without activity-log updates any block may differ
+		}
+		for _, e := range hot {
+			if off := int64(e) << alExtentShift; off < v.size {
+				o.bm.SetRange(off, min(ALExtentSize, v.size-off))
+			}
+		}
+		slots = append(slots, o.slot)
+	}
+	if len(slots) == 0 || v.cfg.ALUpdates && len(hot) == 0 {
+		return false
+	}
+	err := v.meta.WriteBitmaps()
+	if err == nil {
+		err = v.meta.Update(func(sb *Superblock) {
+			for _, s := range slots {
+				sb.Peers[s].Flags |= PeerResyncPending
+			}
+		})
+	}
+	if err != nil {
+		v.log.Error("cannot record the blocks the lost Primary's last writes touched", "err", err)
+		return false
+	}
+	v.log.Warn("the Primary went away without stepping down: activity-log extents marked out of sync towards the other peers",
+		"primary", lost.cfg.Name, "extents", len(hot), "al-updates", v.cfg.ALUpdates)
+	return true
+}
+
 // rehandshakeLocked drops the links of peers selected by which, so that they reconnect
 // and decide again with the current state.
 func (v *Volume) rehandshakeLocked(which func(o *Peer) bool, why string) {
 	for _, o := range v.peers {
 		if which(o) && v.state.Peer(o.cfg.NodeID).Conn == Connected {
-			o.deferred = false
+			o.deferred, o.bothInconsistent = false, false
 			go o.dropLink(why)
 		}
 	}

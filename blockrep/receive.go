@@ -450,6 +450,9 @@ func (p *Peer) peerStateChanged(role Role, disk DiskState) error {
 	if role != Primary && wasPrimary {
 		v.rehandshakeLocked(func(o *Peer) bool { return o.deferred }, "the Primary stepped down: re-deciding the deferred resync")
 	}
+	if disk == UpToDate && p.bothInconsistent {
+		v.rehandshakeLocked(func(o *Peer) bool { return o == p }, "the peer is UpToDate now: re-deciding the resync deferred while both disks were Inconsistent")
+	}
 	return nil
 }
 
@@ -595,10 +598,14 @@ func (p *Peer) resyncFinishedAsTarget(current uint64, history [HistoryLen]uint64
 	}
 	p.log.Info("resync done", "as", "SyncTarget", "bytes", p.rs.bytes.Load(), "took", p.rs.elapsed().Round(time.Millisecond))
 	p.rs.end()
-	return v.changeLocked(func(s *State) {
+	if err := v.changeLocked(func(s *State) {
 		s.Disk = UpToDate
 		s.Peer(p.cfg.NodeID).Repl = Established
-	})
+	}); err != nil {
+		return err
+	}
+	v.rehandshakeLocked(func(o *Peer) bool { return o.bothInconsistent }, "UpToDate now: re-deciding the resync deferred while both disks were Inconsistent")
+	return nil
 }
 
 func (p *Peer) syncTargetOfAnotherLocked() bool {

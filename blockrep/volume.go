@@ -667,6 +667,14 @@ func (v *Volume) Promote(force bool) error {
 	}
 	err := v.meta.Update(func(sb *Superblock) {
 		sb.Flags |= MDPrimaryInd
+		// Blocks that may differ after a lost Primary (markPrimaryLossLocked) are
+		// resynced from us now: our data is the truth, so we are not "unclean" any more.
+		// The bits stay; a crashed Primary's own flags stay too.
+		for i := range sb.Peers {
+			if sb.Peers[i].Flags&PeerCrashedPrimary == 0 {
+				sb.Peers[i].Flags &^= PeerResyncPending
+			}
+		}
 		if forced {
 			sb.Flags |= MDConsistent | MDWasUpToDate
 			sb.Flags &^= MDOutdated
@@ -695,8 +703,11 @@ func (v *Volume) Promote(force bool) error {
 			p.startFullSyncAsSourceLocked()
 		}
 	}
-	// Peers whose resync was deferred to a Primary: that is us now.
-	v.rehandshakeLocked(func(o *Peer) bool { return o.deferred }, "promoted: resyncing the peers that waited for a Primary")
+	// Peers whose resync was deferred to a Primary (that is us now), and connected peers
+	// with blocks to resync from us (marked when the last Primary went away).
+	v.rehandshakeLocked(func(o *Peer) bool {
+		return o.deferred || v.state.Peer(o.cfg.NodeID).Repl == Established && o.bm.Count() > 0
+	}, "promoted: resyncing the peers that waited for a Primary")
 	v.log.Info("promoted", "force", force)
 	return nil
 }

@@ -393,11 +393,7 @@ func (tr *trial) promote(n *clustertest.Node, force bool) error {
 		args = append(args, "--force")
 	}
 	err := tr.adm(n, args...)
-	// A promotion asks every connected peer first; a link that a keepalive timeout
-	// drops in that moment (typically a second after a partition healed) fails it with
-	// "connection lost". That is transient: once the peers are back, it is retried.
-	for try := 0; err != nil && strings.Contains(err.Error(), "connection lost") && try < 3; try++ {
-		tr.waitSettled(n)
+	for try := 0; err != nil && try < 3 && tr.transientRefusal(n, err); try++ {
 		err = tr.adm(n, args...)
 	}
 	if err != nil {
@@ -408,6 +404,46 @@ func (tr *trial) promote(n *clustertest.Node, force bool) error {
 		tr.w.SetTarget(n.ExportPath())
 	}
 	return nil
+}
+
+// transientRefusal reports whether a refused promotion of n is worth retrying, after
+// waiting for what refused it to pass:
+//   - a promotion asks every connected peer first; a link that a keepalive timeout
+//     drops in that moment (typically a second after a partition healed) fails it with
+//     "connection lost";
+//   - "peer X is Primary" right after X was demoted: a link that died in a partition
+//     still shows X's last role until the keepalive drops it.
+func (tr *trial) transientRefusal(n *clustertest.Node, err error) bool {
+	switch {
+	case strings.Contains(err.Error(), "connection lost"):
+		tr.waitSettled(n)
+		return true
+	case strings.Contains(err.Error(), "is Primary") && !tr.anotherPrimary(n):
+		tr.waitUntil(n.Name+" to see no Primary peer", waitShort, func() bool {
+			s, err := tr.status(n)
+			if err != nil {
+				return false
+			}
+			for _, ps := range s.Peers {
+				if ps.Connection == "Connected" && ps.PeerRole == "Primary" {
+					return false
+				}
+			}
+			return true
+		})
+		return true
+	}
+	return false
+}
+
+// anotherPrimary reports whether a node other than n says it is Primary.
+func (tr *trial) anotherPrimary(n *clustertest.Node) bool {
+	for _, o := range tr.others(n) {
+		if s, err := tr.status(o); err == nil && s.Role == "Primary" {
+			return true
+		}
+	}
+	return false
 }
 
 // takeOver promotes n with the workload paused, reads the whole span back through its

@@ -85,6 +85,7 @@ type Volume struct {
 
 	conf    *conflicts
 	flusher *groupCommit[*Request]
+	overlap *overlapper
 
 	// gate: Submit holds it shared; handshakes and generation changes hold it
 	// exclusively so that a bitmap or generation snapshot sees no write half-submitted.
@@ -260,6 +261,7 @@ func Open(cfg Config) (*Volume, error) {
 		v.state.Peers = append(v.state.Peers, PeerState{NodeID: pc.NodeID, Name: pc.Name, Conn: StandAlone, Disk: DUnknown})
 	}
 	v.flusher = newFlusher(v)
+	v.overlap = newOverlapper(v.data, 2)
 	log.Info("attached", "disk", cfg.Disk, "size", v.size, "disk-state", v.state.Disk,
 		"generation", fmt.Sprintf("%016X", sbNow.Current))
 	return v, nil
@@ -364,6 +366,7 @@ func (v *Volume) Close() error {
 		p.shutdown()
 	}
 	v.flusher.stop()
+	v.overlap.close()
 	err := v.al.Clean()
 	if err == nil {
 		err = v.meta.Update(func(sb *Superblock) { sb.Flags &^= MDUnclean | MDPrimaryInd })
@@ -497,6 +500,7 @@ func (v *Volume) Submit(r *Request, b *Batch) {
 			r.eng.al = true
 		}
 	}
+	overlapped := !diskless && r.Op == OpWrite && r.Len >= overlapMin && len(v.peers) > 0 && v.overlap.start(r)
 	for _, p := range v.peers {
 		p.submitData(r, b, diskless)
 	}
@@ -509,7 +513,12 @@ func (v *Volume) Submit(r *Request, b *Batch) {
 		r.eng.localDone(nil, false, b)
 		return
 	}
-	err := ApplyTo(v.data, r)
+	var err error
+	if overlapped {
+		err = <-r.eng.applied
+	} else {
+		err = ApplyTo(v.data, r)
+	}
 	v.gate.RUnlock()
 	if err == nil && r.Op == OpWrite {
 		v.writtenBytes.Add(r.Len)
@@ -528,6 +537,7 @@ type reqEngine struct {
 	localErr atomic.Pointer[error] // a local I/O error the detach policy may forgive
 	conflict bool
 	al       bool
+	applied  chan error // the overlapped local write's result
 }
 
 func (e *reqEngine) reset(v *Volume, r *Request) {

@@ -51,6 +51,9 @@ type HandshakeResult struct {
 	Bits       SyncBits
 	SplitBrain bool   // split brain was detected (resolved or not)
 	Reason     string // the log line explaining a drop or an automatic resolution
+	// Retry: the connection is dropped (Repl is ReplOff) but not left StandAlone: what
+	// refuses it is expected to pass (a diskless Primary getting its disk back).
+	Retry bool
 	// Deferred: a resync was due but waits until no Primary is connected or until one
 	// of two Inconsistent disks is UpToDate (Repl is Established, Bits none).
 	Deferred bool
@@ -67,6 +70,18 @@ func DecideHandshake(self, peer HandshakeSide, pol SplitBrainPolicy) HandshakeRe
 		r := HandshakeResult{Comparison: Comparison{Strategy: NoSync, Rule: "diskless", Other: -1}, Repl: Established}
 		if self.Role == Primary && peer.Role == Primary {
 			return drop(r, "Both nodes are Primary, dropping connection!")
+		}
+		// A diskless Primary reads from its peers: only a peer holding the data it
+		// exposes (its current generation) may join. One that fell behind waits for the
+		// Primary's disk (DRBD says the same, and disconnects).
+		for _, pair := range [2][2]HandshakeSide{{self, peer}, {peer, self}} {
+			dp, other := pair[0], pair[1]
+			if dp.Role == Primary && dp.Disk == Diskless && other.Disk != Diskless &&
+				mask(other.Gen.Current) != mask(dp.Gen.Current) {
+				r = drop(r, fmt.Sprintf("Can only connect to data with current UUID=%016X", dp.Gen.Current))
+				r.Retry = true
+				return r
+			}
 		}
 		return r
 	}

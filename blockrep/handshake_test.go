@@ -1,6 +1,7 @@
 package blockrep
 
 import (
+	"fmt"
 	"math/rand/v2"
 	"strings"
 	"testing"
@@ -162,9 +163,16 @@ func TestDecideHandshakeFromGenerations(t *testing.T) {
 		{name: "unrelated data drops the connection",
 			self: alpha(S, U, genUnrelated[0], 0), peer: bravo(S, U, genUnrelated[1], 0),
 			repl: ReplOff, reason: reasonUnrelated, rule: "unrelated-data"},
-		{name: "a diskless peer connects without resync whatever the generations",
-			self: alpha(S, U, genUnrelated[0], 0), peer: bravo(P, Diskless, Generations{}, 0),
+		{name: "a diskless Secondary connects without resync whatever the generations",
+			self: alpha(S, U, genUnrelated[0], 0), peer: bravo(S, Diskless, Generations{}, 0),
 			repl: Established, bits: BitsNone, rule: "diskless"},
+		{name: "a diskless Primary takes a peer with its current data",
+			self: alpha(S, U, genSame[0], 0), peer: bravo(P, Diskless, genSame[1], 0),
+			repl: Established, bits: BitsNone, rule: "diskless"},
+		{name: "a diskless Primary refuses a peer that is behind (it would read stale data from it)",
+			self: alpha(S, U, genPeerAhead[0], 0), peer: bravo(P, Diskless, genPeerAhead[1], 0),
+			repl: ReplOff, reason: fmt.Sprintf("Can only connect to data with current UUID=%016X", genPeerAhead[1].Current), rule: "diskless"},
+
 		{name: "a diskless node connects to a Primary without resync",
 			self: alpha(S, Diskless, Generations{}, 0), peer: bravo(P, U, genSame[1], 0),
 			repl: Established, bits: BitsNone, rule: "diskless"},

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -527,6 +528,10 @@ func readExpect(c *transport.Conn, want transport.MsgType) ([]byte, error) {
 
 var handshakeTimeout = 30 * time.Second
 
+// handshakeWait is how long (plus up to as much again, at random) a connection waits
+// for another handshake of the same volume before it gives up and retries.
+const handshakeWait = 500 * time.Millisecond
+
 // session runs one connection: handshake, bitmap exchange, then replication until the
 // link breaks. standalone reports an outcome that must not be retried automatically.
 func (p *Peer) session(c *transport.Conn) (standalone bool, reason string, splitBrain bool) {
@@ -534,11 +539,20 @@ func (p *Peer) session(c *transport.Conn) (standalone bool, reason string, split
 	// Writes pause on this node until the decision is taken and replication is live, so
 	// the generations and bitmaps we decide on are the ones the data matches.
 	c.SetBuffers(p.cfg.SndBuf, p.cfg.RcvBuf)
+	// One handshake at a time per volume, and a bounded wait for it: each handshake
+	// holds the gate while it waits for its peer, so three nodes connecting to each
+	// other at once could otherwise wait on each other in a cycle.
+	select {
+	case v.handshaking <- struct{}{}:
+	case <-time.After(handshakeWait + time.Duration(rand.Int64N(int64(handshakeWait)))):
+		return false, "another handshake is in progress; retrying", false
+	}
 	v.gate.Lock()
 	gateHeld := true
 	defer func() {
 		if gateHeld {
 			v.gate.Unlock()
+			<-v.handshaking
 		}
 	}()
 	c.SetReadDeadline(time.Now().Add(handshakeTimeout))
@@ -578,7 +592,7 @@ func (p *Peer) session(c *transport.Conn) (standalone bool, reason string, split
 		if res.SplitBrain {
 			return true, "split-brain", true
 		}
-		return true, res.Reason, false
+		return !res.Retry, res.Reason, false
 	}
 
 	// One resync source at a time: the Primary takes precedence, anyone else waits.
@@ -674,6 +688,7 @@ func (p *Peer) session(c *transport.Conn) (standalone bool, reason string, split
 	p.lastRecv.Store(time.Now().UnixNano())
 	p.wentLive = true
 	v.gate.Unlock()
+	<-v.handshaking
 	gateHeld = false
 
 	stop := make(chan struct{})
@@ -835,7 +850,9 @@ func (p *Peer) teardown(c *transport.Conn) {
 		v.rehandshakeLocked(func(o *Peer) bool { return o.deferred || marked && o != p },
 			"the Primary is gone: re-deciding with the blocks its last writes touched")
 	}
-	if wasReplicating && v.state.Role == Primary {
+	// A new generation marks writes this peer misses. A diskless Primary left without
+	// any replica writes nothing, so its generation stays and the peer may rejoin it.
+	if wasReplicating && v.state.Role == Primary && (!v.diskFailed.Load() || v.otherInSyncLocked(p)) {
 		if err := v.newGenerationLocked(false, v.diskFailed.Load()); err != nil {
 			p.log.Error("cannot start a new generation", "err", err)
 		}

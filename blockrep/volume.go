@@ -90,9 +90,11 @@ type Volume struct {
 	// gate: Submit holds it shared; handshakes and generation changes hold it
 	// exclusively so that a bitmap or generation snapshot sees no write half-submitted.
 	// Lock order: gate, mu, Peer.pendMu, link write lock.
-	gate    sync.RWMutex
-	primary atomic.Bool
-	closed  atomic.Bool
+	gate sync.RWMutex
+	// handshaking holds a token while a connection handshakes (peer.go, session).
+	handshaking chan struct{}
+	primary     atomic.Bool
+	closed      atomic.Bool
 	// diskFailed: the local disk was detached after an I/O error (on-io-error detach);
 	// the volume serves through its peers.
 	diskFailed atomic.Bool
@@ -260,6 +262,7 @@ func Open(cfg Config) (*Volume, error) {
 		v.peers = append(v.peers, p)
 		v.state.Peers = append(v.state.Peers, PeerState{NodeID: pc.NodeID, Name: pc.Name, Conn: StandAlone, Disk: DUnknown})
 	}
+	v.handshaking = make(chan struct{}, 1)
 	v.flusher = newFlusher(v)
 	v.overlap = newOverlapper(v.data, 2)
 	log.Info("attached", "disk", cfg.Disk, "size", v.size, "disk-state", v.state.Disk,

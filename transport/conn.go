@@ -132,12 +132,9 @@ func (c *Conn) WriteLocked(t MsgType, fixed, data []byte) error {
 	return err
 }
 
-// flushAt: once this much is buffered, a data message goes out at once, so that the
-// peer starts on the first writes of a burst while we still handle the rest of it.
-const flushAt = 64 << 10
-
 // WriteDataLocked buffers a data message (Write, Trim, Zero, RSData) without allocating.
-// A large payload, or one that brings the buffer to flushAt, is flushed at once.
+// Payloads of 64 KiB or more are flushed at once so the peer starts on them while we
+// write locally.
 func (c *Conn) WriteDataLocked(t MsgType, d *Data, payload []byte) error {
 	if c.werr != nil {
 		return c.werr
@@ -150,7 +147,7 @@ func (c *Conn) WriteDataLocked(t MsgType, d *Data, payload []byte) error {
 	d.Put(c.whdr[headerSize:])
 	c.w.Write(c.whdr[:headerSize+DataSize])
 	_, err := c.w.Write(payload)
-	if err == nil && (len(payload) >= flushAt || c.w.Buffered() >= flushAt) {
+	if err == nil && len(payload) >= 64<<10 {
 		err = c.w.Flush()
 	}
 	if err != nil {

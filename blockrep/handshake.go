@@ -140,6 +140,14 @@ func DecideHandshake(self, peer HandshakeSide, pol SplitBrainPolicy) HandshakeRe
 	if self.Role == Primary && peer.Role == Primary {
 		return drop(r, "Both nodes are Primary, dropping connection!")
 	}
+	// Both sides may hold writes of a Primary that went away (or both crashed as
+	// Secondaries): either could be the source, and the first to be promoted will be —
+	// deciding by node id now would make that one a SyncTarget, which cannot be promoted.
+	if cmp.Rule == "both-unclean" && !overridden && self.Role == Secondary && peer.Role == Secondary {
+		r.Repl, r.Bits, r.Deferred = Established, BitsNone, true
+		r.Reason = "Resync deferred: both sides are unclean; the first promoted is the source"
+		return r
+	}
 	// Both disks Inconsistent (each, say, a SyncTarget of a third node): neither can be
 	// the source now. Stay connected and decide again once one of them is UpToDate.
 	if dir != 0 && selfIncons && peerIncons && !r.SplitBrain {

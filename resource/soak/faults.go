@@ -104,23 +104,6 @@ func (tr *trial) failover(old *clustertest.Node, eligible []*clustertest.Node, h
 	if err != nil {
 		tr.fail("%v", err)
 	}
-	// The survivors first settle what the dead Primary's last writes left uncertain
-	// between them (a resync of its activity-log extents); a SyncTarget is not promoted.
-	err = tr.waitUntil(s.Name+" UpToDate and no SyncTarget", waitMedium, func() bool {
-		st, err := tr.status(s)
-		if err != nil || st.Disk != "UpToDate" {
-			return false
-		}
-		for _, ps := range st.Peers {
-			if ps.Replication == "SyncTarget" {
-				return false
-			}
-		}
-		return true
-	})
-	if err != nil {
-		tr.fail("%v", err)
-	}
 	if err := tr.takeOver(s, "after failing over from "+old.Name+" to "+s.Name); err != nil {
 		tr.fail("%s was in sync with the dead Primary %s but cannot be promoted: %v", s.Name, old.Name, err)
 		tr.aborted = true

@@ -418,6 +418,10 @@ func (tr *trial) transientRefusal(n *clustertest.Node, err error) bool {
 	case strings.Contains(err.Error(), "connection lost"):
 		tr.waitSettled(n)
 		return true
+	case strings.Contains(err.Error(), "UpToDate data") || strings.Contains(err.Error(), "SyncTarget"):
+		// A resync started between the wait and the promotion.
+		tr.waitComplete(n)
+		return true
 	case strings.Contains(err.Error(), "is Primary") && !tr.anotherPrimary(n):
 		tr.waitUntil(n.Name+" to see no Primary peer", waitShort, func() bool {
 			s, err := tr.status(n)
@@ -434,6 +438,26 @@ func (tr *trial) transientRefusal(n *clustertest.Node, err error) bool {
 		return true
 	}
 	return false
+}
+
+// waitComplete waits until n is UpToDate and no peer's SyncTarget: a SyncTarget is not
+// promoted, and a demotion or a lost Primary can start a resync between the others.
+func (tr *trial) waitComplete(n *clustertest.Node) {
+	err := tr.waitUntil(n.Name+" UpToDate and no SyncTarget", waitMedium, func() bool {
+		st, err := tr.status(n)
+		if err != nil || st.Disk != "UpToDate" {
+			return false
+		}
+		for _, ps := range st.Peers {
+			if ps.Replication == "SyncTarget" {
+				return false
+			}
+		}
+		return true
+	})
+	if err != nil {
+		tr.logf("%v", err)
+	}
 }
 
 // anotherPrimary reports whether a node other than n says it is Primary.
@@ -455,6 +479,7 @@ func (tr *trial) takeOver(n *clustertest.Node, when string) error {
 		return err
 	}
 	defer tr.w.Resume()
+	tr.waitComplete(n)
 	if err := tr.promote(n, false); err != nil {
 		return err
 	}

@@ -46,6 +46,34 @@ func (c *conflicts) acquire(off, n int64, owner any) {
 	c.mu.Unlock()
 }
 
+// acquireUnless is acquire that gives up (false) once stopped is closed; wake makes
+// waiters look at it. The resync loop uses it: the application writes it waits for may
+// be waiting for the very peer whose session is ending.
+func (c *conflicts) acquireUnless(off, n int64, owner any, stopped <-chan struct{}) bool {
+	end := off + max(n, 1)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for c.overlaps(off, end) {
+		select {
+		case <-stopped:
+			return false
+		default:
+		}
+		c.waiters++
+		c.cond.Wait()
+		c.waiters--
+	}
+	c.active = append(c.active, span{off, end, owner})
+	return true
+}
+
+// wake wakes every waiter, to re-check its stop condition.
+func (c *conflicts) wake() {
+	c.mu.Lock()
+	c.cond.Broadcast()
+	c.mu.Unlock()
+}
+
 // release gives up owner's span.
 func (c *conflicts) release(owner any) {
 	c.mu.Lock()

@@ -708,7 +708,8 @@ func (p *Peer) session(c *transport.Conn) (standalone bool, reason string, split
 	close(recvDone)
 	close(stop)
 	c.Close()
-	p.rs.end() // wakes a resync loop waiting for its window
+	p.rs.end()    // wakes a resync loop waiting for its window
+	v.conf.wake() // or for a range held by a write that waits for this peer's ack
 	wg.Wait()
 	var g errGraceful
 	if errors.As(err, &g) {

@@ -235,7 +235,9 @@ func (p *Peer) resyncLoop(c *transport.Conn, stop chan struct{}) {
 			}
 		}
 
-		v.conf.acquire(off, n, token)
+		if !v.conf.acquireUnless(off, n, token, stop) {
+			return
+		}
 		err := v.data.ReadAt(buf[:n], off)
 		if err != nil {
 			v.conf.release(token)

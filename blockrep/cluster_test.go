@@ -859,3 +859,38 @@ func TestSurvivorsOfAPrimaryCrashConverge(t *testing.T) {
 		t.Fatal("the survivors of the Primary's crash differ")
 	}
 }
+
+// TestDisklessPrimaryWithoutReplicaCanStepDown: a Primary whose disk failed while no
+// peer was connected can neither write nor read; it must still be able to step down
+// (there is nothing to flush), or the operator could not recover it.
+func TestDisklessPrimaryWithoutReplicaCanStepDown(t *testing.T) {
+	var faulty *FaultyDevice
+	n := testClusterWith(t, 2, 8<<20, ProtocolC, func(i int, cfg *Config) {
+		if i == 0 {
+			cfg.OpenDevice = func(path string) (Device, error) {
+				d, err := OpenFile(path, 0, false)
+				faulty = &FaultyDevice{Device: d}
+				return faulty, err
+			}
+		}
+	})
+	a, b := n[0], n[1]
+	for _, nd := range n {
+		nd.v.Connect(-1, false)
+	}
+	waitFor(t, "connected", func() bool { return connected(a, b) })
+	if err := a.v.Promote(true); err != nil {
+		t.Fatal(err)
+	}
+	waitSynced(t, a, b)
+	b.v.Disconnect(-1)
+	waitFor(t, "alpha alone", func() bool { return a.peer(1).Conn != Connected })
+	faulty.SetRules(FaultRule{Ops: "write read"})
+	if err := submit(t, a.v, OpWrite, 0, make([]byte, 4096), 0, 0); !errors.Is(err, ErrIO) {
+		t.Fatalf("a write with neither disk nor peer: %v, want ErrIO", err)
+	}
+	waitFor(t, "disk detached", func() bool { return a.v.DiskFailed() })
+	if err := a.v.Demote(); err != nil {
+		t.Fatalf("the diskless Primary without a replica cannot step down: %v", err)
+	}
+}

@@ -19,6 +19,7 @@ func (v *Volume) localIOError(op string, off int64, err error) bool {
 	}
 	if v.diskFailed.CompareAndSwap(false, true) {
 		v.log.Error("local I/O error: detaching the disk (on-io-error detach)", "op", op, "offset", off, "err", err)
+		v.meta.failed.Store(true) // from now on, not when the detach below gets the gate
 		go v.detachFailedDisk()
 	}
 	return true

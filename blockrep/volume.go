@@ -789,7 +789,15 @@ func (v *Volume) Demote() error {
 	v.gate.Lock() // waits for submissions in progress
 	defer v.gate.Unlock()
 	v.conf.drain()
-	err := v.flushAll()
+	var err error
+	if v.diskFailed.Load() && !v.anyReplicating() {
+		// No disk and no peer: every write since the last replica went away failed,
+		// so there is nothing to flush — and refusing would leave a Primary that can
+		// neither write nor step down.
+		v.log.Warn("demoting a diskless Primary with no replica connected: nothing to flush")
+	} else {
+		err = v.flushAll()
+	}
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	if err != nil {
@@ -828,6 +836,19 @@ func (v *Volume) flushAll() error {
 	case <-time.After(30 * time.Second):
 		return errors.New("timed out")
 	}
+}
+
+// anyReplicating reports whether some peer receives our writes now.
+func (v *Volume) anyReplicating() bool {
+	for _, p := range v.peers {
+		p.pendMu.Lock()
+		r := p.replicating
+		p.pendMu.Unlock()
+		if r {
+			return true
+		}
+	}
+	return false
 }
 
 type chanCompleter chan error

@@ -286,7 +286,12 @@ func TestFreshResourceNeedsForcedPrimaryThenFullSync(t *testing.T) {
 // upToDatePair returns a connected, synced two-node cluster with node 0 Primary.
 func upToDatePair(t testing.TB, size int64, proto Protocol) (a, b *testNode) {
 	t.Helper()
-	n := testCluster(t, 2, size, proto)
+	return promotedPair(t, testCluster(t, 2, size, proto))
+}
+
+// promotedPair connects a two-node cluster, forces node 0 Primary and waits for the sync.
+func promotedPair(t testing.TB, n []*testNode) (a, b *testNode) {
+	t.Helper()
 	a, b = n[0], n[1]
 	for _, nd := range n {
 		nd.v.Connect(-1, false)
@@ -297,6 +302,22 @@ func upToDatePair(t testing.TB, size int64, proto Protocol) (a, b *testNode) {
 	}
 	waitSynced(t, a, b)
 	return a, b
+}
+
+// faultyDisk gives node i a FaultyDevice over its file, stored in *f.
+func faultyDisk(i int, f **FaultyDevice) func(int, *Config) {
+	return func(j int, cfg *Config) {
+		if j == i {
+			cfg.OpenDevice = func(path string) (Device, error) {
+				d, err := OpenFile(path, 0, false)
+				if err != nil {
+					return nil, err
+				}
+				*f = &FaultyDevice{Device: d}
+				return *f, nil
+			}
+		}
+	}
 }
 
 func TestDisconnectedWritesResyncOnlyDirtyBlocks(t *testing.T) {
@@ -569,27 +590,7 @@ func TestInvalidateResyncsEverythingFromThePeer(t *testing.T) {
 
 func TestLocalWriteErrorDetachesTheDiskAndServesThroughThePeer(t *testing.T) {
 	var faulty *FaultyDevice
-	n := testClusterWith(t, 2, 32<<20, ProtocolC, func(i int, cfg *Config) {
-		if i == 0 {
-			cfg.OpenDevice = func(path string) (Device, error) {
-				d, err := OpenFile(path, 0, false)
-				if err != nil {
-					return nil, err
-				}
-				faulty = &FaultyDevice{Device: d}
-				return faulty, nil
-			}
-		}
-	})
-	a, b := n[0], n[1]
-	for _, nd := range n {
-		nd.v.Connect(-1, false)
-	}
-	waitFor(t, "connected", func() bool { return connected(a, b) })
-	if err := a.v.Promote(true); err != nil {
-		t.Fatal(err)
-	}
-	waitSynced(t, a, b)
+	a, b := promotedPair(t, testClusterWith(t, 2, 32<<20, ProtocolC, faultyDisk(0, &faulty)))
 	before := randBytes(1 << 20)
 	write(t, a.v, 0, before)
 
@@ -664,11 +665,18 @@ type linkProxy struct {
 }
 
 func newLinkProxy(t *testing.T, target string) *linkProxy {
+	p := &linkProxy{target: target}
+	p.ln = serveLocal(t, p.serve)
+	return p
+}
+
+// serveLocal listens on a loopback port and serves every connection on its own
+// goroutine until the test ends.
+func serveLocal(t *testing.T, serve func(net.Conn)) net.Listener {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := &linkProxy{ln: ln, target: target}
 	t.Cleanup(func() { ln.Close() })
 	go func() {
 		for {
@@ -676,10 +684,10 @@ func newLinkProxy(t *testing.T, target string) *linkProxy {
 			if err != nil {
 				return
 			}
-			go p.serve(c)
+			go serve(c)
 		}
 	}()
-	return p
+	return ln
 }
 
 func (p *linkProxy) serve(c net.Conn) {
@@ -865,24 +873,7 @@ func TestSurvivorsOfAPrimaryCrashConverge(t *testing.T) {
 // (there is nothing to flush), or the operator could not recover it.
 func TestDisklessPrimaryWithoutReplicaCanStepDown(t *testing.T) {
 	var faulty *FaultyDevice
-	n := testClusterWith(t, 2, 8<<20, ProtocolC, func(i int, cfg *Config) {
-		if i == 0 {
-			cfg.OpenDevice = func(path string) (Device, error) {
-				d, err := OpenFile(path, 0, false)
-				faulty = &FaultyDevice{Device: d}
-				return faulty, err
-			}
-		}
-	})
-	a, b := n[0], n[1]
-	for _, nd := range n {
-		nd.v.Connect(-1, false)
-	}
-	waitFor(t, "connected", func() bool { return connected(a, b) })
-	if err := a.v.Promote(true); err != nil {
-		t.Fatal(err)
-	}
-	waitSynced(t, a, b)
+	a, b := promotedPair(t, testClusterWith(t, 2, 8<<20, ProtocolC, faultyDisk(0, &faulty)))
 	b.v.Disconnect(-1)
 	waitFor(t, "alpha alone", func() bool { return a.peer(1).Conn != Connected })
 	faulty.SetRules(FaultRule{Ops: "write read"})

@@ -18,16 +18,7 @@ func stonithPair(t *testing.T, handler string) (a, b *testNode) {
 			cfg.Peers[j].Fencing = FencingResourceAndStonith
 		}
 	})
-	a, b = n[0], n[1]
-	for _, nd := range n {
-		nd.v.Connect(-1, false)
-	}
-	waitFor(t, "connected", func() bool { return connected(a, b) })
-	if err := a.v.Promote(true); err != nil {
-		t.Fatal(err)
-	}
-	waitSynced(t, a, b)
-	return a, b
+	return promotedPair(t, n)
 }
 
 // writeStream writes at queue depth 1 until stop, recording the slowest completion.

@@ -24,21 +24,8 @@ type frameProxy struct {
 }
 
 func newFrameProxy(t *testing.T, target string) *frameProxy {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := &frameProxy{ln: ln, target: target}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go p.serve(c)
-		}
-	}()
+	p := &frameProxy{target: target}
+	p.ln = serveLocal(t, p.serve)
 	return p
 }
 
@@ -123,15 +110,7 @@ func TestMalformedPeerMessageClosesTheLinkAndTouchesNoData(t *testing.T) {
 			cfg.Logger = slog.New(slog.NewTextHandler(&log, nil))
 		}
 	})
-	a, b := n[0], n[1]
-	for _, nd := range n {
-		nd.v.Connect(-1, false)
-	}
-	waitFor(t, "connected", func() bool { return connected(a, b) })
-	if err := a.v.Promote(true); err != nil {
-		t.Fatal(err)
-	}
-	waitSynced(t, a, b)
+	a, b := promotedPair(t, n)
 	dataSize := b.v.Size()
 	page := bytes.Repeat([]byte{0xEE}, 4096)
 	for _, tc := range []struct {

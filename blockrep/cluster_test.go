@@ -453,16 +453,53 @@ func TestTrimAndZeroReplicateAsSuch(t *testing.T) {
 	}
 }
 
+// ackHistory records, per block, the last acknowledged write and the one in flight (which
+// may or may not have reached a replica); check accepts either on the survivor.
+type ackHistory struct {
+	mu       sync.Mutex
+	acked    map[int64][32]byte
+	inFlight map[int64][32]byte
+}
+
+func newAckHistory() *ackHistory {
+	return &ackHistory{acked: map[int64][32]byte{}, inFlight: map[int64][32]byte{}}
+}
+
+func (h *ackHistory) issue(off int64, data []byte) {
+	h.mu.Lock()
+	h.inFlight[off] = sha256.Sum256(data)
+	h.mu.Unlock()
+}
+
+func (h *ackHistory) ack(off int64, data []byte) {
+	h.mu.Lock()
+	h.acked[off] = sha256.Sum256(data)
+	delete(h.inFlight, off)
+	h.mu.Unlock()
+}
+
+// check reads every acknowledged block on v; at least min must have been acknowledged.
+func (h *ackHistory) check(t *testing.T, v *Volume, min int) {
+	t.Helper()
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if len(h.acked) < min {
+		t.Fatalf("only %d writes acknowledged before the fault", len(h.acked))
+	}
+	buf := make([]byte, 4096)
+	for off, sum := range h.acked {
+		if err := v.ReadAt(buf, off); err != nil {
+			t.Fatal(err)
+		}
+		if got := sha256.Sum256(buf); got != sum && got != h.inFlight[off] {
+			t.Fatalf("write at %d was acknowledged but is not on the survivor", off)
+		}
+	}
+}
+
 func TestPrimaryCrashLosesNoAcknowledgedWrite(t *testing.T) {
 	a, b := upToDatePair(t, 32<<20, ProtocolC)
-	type acked struct {
-		off int64
-		sum [32]byte
-	}
-	var mu sync.Mutex
-	done := map[int64][32]byte{}
-	// A write in flight at the crash may or may not have reached the survivor.
-	inflight := map[int64][32]byte{}
+	h := newAckHistory()
 	var crashed atomic.Bool
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
@@ -479,9 +516,7 @@ func TestPrimaryCrashLosesNoAcknowledgedWrite(t *testing.T) {
 				}
 				off := int64(g*512+i%512) * 4096
 				data := randBytes(4096)
-				mu.Lock()
-				inflight[off] = sha256.Sum256(data)
-				mu.Unlock()
+				h.issue(off, data)
 				c := make(syncCompleter, 1)
 				r := &Request{Op: OpWrite, Off: off, Data: data, Len: 4096, Owner: c}
 				var bt Batch
@@ -493,10 +528,7 @@ func TestPrimaryCrashLosesNoAcknowledgedWrite(t *testing.T) {
 				if err != nil || crashed.Load() {
 					return
 				}
-				mu.Lock()
-				done[off] = sha256.Sum256(data)
-				delete(inflight, off)
-				mu.Unlock()
+				h.ack(off, data)
 			}
 		}(g)
 	}
@@ -509,22 +541,7 @@ func TestPrimaryCrashLosesNoAcknowledgedWrite(t *testing.T) {
 	if err := b.v.Promote(false); err != nil {
 		t.Fatalf("promoting the UpToDate survivor: %v", err)
 	}
-	mu.Lock()
-	defer mu.Unlock()
-	if len(done) < 100 {
-		t.Fatalf("only %d writes acknowledged before the crash", len(done))
-	}
-	buf := make([]byte, 4096)
-	for off, sum := range done {
-		if err := b.v.ReadAt(buf, off); err != nil {
-			t.Fatal(err)
-		}
-		if got := sha256.Sum256(buf); got != sum {
-			if alt, ok := inflight[off]; !ok || got != alt {
-				t.Fatalf("acknowledged write at %d missing on the promoted survivor", off)
-			}
-		}
-	}
+	h.check(t, b.v, 100)
 }
 
 func TestCrashedPrimaryReturnsAndResyncsOnlyItsActivityLog(t *testing.T) {
@@ -730,19 +747,10 @@ func TestPartitionThenPrimaryCrashLosesNoAcknowledgedWrite(t *testing.T) {
 			cfg.Peers[0].PingInt = time.Hour
 		}
 	})
-	a, b := n[0], n[1]
-	for _, nd := range n {
-		nd.v.Connect(-1, false)
-	}
-	waitFor(t, "connected", func() bool { return connected(a, b) })
-	a.v.Promote(true)
-	waitSynced(t, a, b)
-
-	var mu sync.Mutex
-	acked := map[int64][32]byte{}
+	a, b := promotedPair(t, n)
 	// A block's next write may land on the survivor without its acknowledgement coming
 	// back (the cut drops it): then the survivor holds that one instead.
-	inFlight := map[int64][32]byte{}
+	h := newAckHistory()
 	var crashed atomic.Bool
 	av := a.v
 	var wg sync.WaitGroup
@@ -753,9 +761,7 @@ func TestPartitionThenPrimaryCrashLosesNoAcknowledgedWrite(t *testing.T) {
 			for i := 0; i < 100000; i++ {
 				off := int64(g*1024+i%1024) * 4096
 				data := randBytes(4096)
-				mu.Lock()
-				inFlight[off] = sha256.Sum256(data)
-				mu.Unlock()
+				h.issue(off, data)
 				c := make(syncCompleter, 1)
 				var bt Batch
 				av.Submit(&Request{Op: OpWrite, Off: off, Data: data, Len: 4096, Owner: c}, &bt)
@@ -768,10 +774,7 @@ func TestPartitionThenPrimaryCrashLosesNoAcknowledgedWrite(t *testing.T) {
 				case <-time.After(2 * time.Second):
 					return // blocked by the partition, as protocol C must be
 				}
-				mu.Lock()
-				acked[off] = sha256.Sum256(data)
-				delete(inFlight, off)
-				mu.Unlock()
+				h.ack(off, data)
 			}
 		}(g)
 	}
@@ -785,18 +788,7 @@ func TestPartitionThenPrimaryCrashLosesNoAcknowledgedWrite(t *testing.T) {
 	if err := b.v.Promote(false); err != nil {
 		t.Fatal(err)
 	}
-	buf := make([]byte, 4096)
-	mu.Lock()
-	defer mu.Unlock()
-	for off, sum := range acked {
-		b.v.ReadAt(buf, off)
-		if got := sha256.Sum256(buf); got != sum && got != inFlight[off] {
-			t.Fatalf("write at %d was acknowledged but is not on the survivor", off)
-		}
-	}
-	if len(acked) < 50 {
-		t.Fatalf("only %d writes acknowledged before the partition", len(acked))
-	}
+	h.check(t, b.v, 50)
 }
 
 // TestSurvivorsOfAPrimaryCrashConverge: the Primary's last write reaches one Secondary

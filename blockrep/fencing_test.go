@@ -113,13 +113,7 @@ func TestFencingRefusesPromotionWhileThePeerIsNotOutdated(t *testing.T) {
 			cfg.Peers[j].Fencing = FencingResourceOnly
 		}
 	})
-	a, b := n[0], n[1]
-	for _, nd := range n {
-		nd.v.Connect(-1, false)
-	}
-	waitFor(t, "connected", func() bool { return connected(a, b) })
-	a.v.Promote(true)
-	waitSynced(t, a, b)
+	a, b := promotedPair(t, n)
 	a.crash() // b loses its Primary without a word: b is UpToDate but a is not outdated
 	waitFor(t, "b noticed", func() bool { return b.peer(0).Conn != Connected })
 	err := b.v.Promote(false)

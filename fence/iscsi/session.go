@@ -19,6 +19,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/blockrep/blockrep/fence/scsi"
@@ -992,6 +993,15 @@ func redirectAddr(v string) string {
 	return v
 }
 
+var errTargetHungUp = errors.New("target closed the connection")
+
+// hungUp: a target that closes without reading our request makes the kernel send a
+// reset, so ECONNRESET/EPIPE mean the same as a clean EOF here.
+func hungUp(err error) bool {
+	return errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
+		errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)
+}
+
 // syncExchanger runs the login (and discovery) request/response exchange directly on
 // the socket, before the reader and writer goroutines exist.
 type syncExchanger struct {
@@ -1000,6 +1010,9 @@ type syncExchanger struct {
 
 func (x syncExchanger) exchange(req *pdu) (*pdu, error) {
 	if _, err := x.nc.Write(req.marshal()); err != nil {
+		if hungUp(err) {
+			return nil, errTargetHungUp
+		}
 		return nil, err
 	}
 	for {
@@ -1011,8 +1024,8 @@ func (x syncExchanger) exchange(req *pdu) (*pdu, error) {
 			if errors.Is(err, os.ErrDeadlineExceeded) {
 				return nil, errLoginTimeout
 			}
-			if errors.Is(err, io.EOF) {
-				return nil, errors.New("target closed the connection")
+			if hungUp(err) {
+				return nil, errTargetHungUp
 			}
 			return nil, err
 		}

@@ -287,6 +287,12 @@ func TestDialToNonISCSIPeers(t *testing.T) {
 			time.Sleep(time.Second)
 		}, "protocol error"},
 		{"hang up", func(c net.Conn) {}, "closed the connection"},
+		// A target that reads part of the login and hangs up with unread data sends a
+		// reset; linger 0 makes that certain.
+		{"reset", func(c net.Conn) {
+			c.Read(make([]byte, 1))
+			c.(*net.TCPConn).SetLinger(0)
+		}, "closed the connection"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			l, err := net.Listen("tcp", "127.0.0.1:0")

@@ -305,6 +305,14 @@ func (p *Peer) gotAck(t transport.MsgType, payload []byte, b *Batch) error {
 func (p *Peer) submitData(r *Request, b *Batch, diskless bool) {
 	p.pendMu.Lock()
 	for p.replicating && len(p.pending) >= p.maxPending {
+		// What we queued but did not send yet cannot be acknowledged: send it first,
+		// or the window opens only when a keepalive happens to flush the link.
+		p.pendMu.Unlock()
+		b.Flush()
+		p.pendMu.Lock()
+		if !p.replicating || len(p.pending) < p.maxPending {
+			break
+		}
 		p.pendWaiters++
 		p.pendCond.Wait()
 		p.pendWaiters--

@@ -1,0 +1,57 @@
+package blockrep
+
+import (
+	"testing"
+	"time"
+)
+
+// TestQueueDeeperThanMaxBuffers: one goroutine submits more requests than max-buffers
+// without its input draining (the NBD loop does that with a deep queue). The writes
+// queued to the peer but not yet sent must go out before the submitter waits for the
+// window, or nothing is ever acknowledged.
+func TestQueueDeeperThanMaxBuffers(t *testing.T) {
+	for _, proto := range []Protocol{ProtocolA, ProtocolC} {
+		t.Run(proto.String(), func(t *testing.T) {
+			n := testClusterWith(t, 2, 16<<20, proto, func(_ int, cfg *Config) {
+				for i := range cfg.Peers {
+					cfg.Peers[i].MaxBuffers = 32
+					// No keepalive during the test: it would flush the link and hide a stall.
+					cfg.Peers[i].PingInt = time.Minute
+				}
+			})
+			a, _ := promotedPair(t, n)
+			const depth = 100
+			done := make(chan error, depth)
+			c := chanCompleter(done)
+			var b Batch
+			submitted := make(chan struct{})
+			go func() {
+				defer close(submitted)
+				for i := 0; i < depth; i++ {
+					// TRIMs: small messages, so the link's buffer never fills and flushes itself.
+					r := &Request{Op: OpTrim, Off: int64(i) * 4096, Len: 4096, Owner: c}
+					a.v.Submit(r, &b)
+				}
+				b.Flush()
+			}()
+			start := time.Now()
+			select {
+			case <-submitted:
+				t.Logf("submitted in %v", time.Since(start))
+			case <-time.After(3 * time.Second):
+				// Takes milliseconds; a stall lasts until some timer flushes the link.
+				t.Fatalf("submitting %d requests with max-buffers 32 stalled", depth)
+			}
+			for i := 0; i < depth; i++ {
+				select {
+				case err := <-done:
+					if err != nil {
+						t.Fatal(err)
+					}
+				case <-time.After(20 * time.Second):
+					t.Fatalf("%d of %d writes completed", i, depth)
+				}
+			}
+		})
+	}
+}

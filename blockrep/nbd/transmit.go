@@ -140,7 +140,11 @@ func (c *conn) write(h uint64, flags uint16, off uint64, n uint32) error {
 	if size == 0 {
 		c.reply(h, 0, "") // nothing to write
 	} else {
-		c.submit(blockrep.OpWrite, fuaOf(flags), off, n, data, h)
+		rest := 0 // of this request, still in the read buffer
+		if inPlace {
+			rest = size
+		}
+		c.submit(blockrep.OpWrite, fuaOf(flags), off, n, data, h, rest)
 	}
 	if inPlace {
 		c.br.Discard(size)
@@ -164,7 +168,7 @@ func (c *conn) flush(h uint64, flags uint16, off uint64, n uint32) {
 	case off != 0 || n != 0:
 		c.refuse(cmdFlush, h, off, n, errInval, "FLUSH with nonzero offset or length")
 	default:
-		c.submit(blockrep.OpFlush, 0, 0, 0, nil, h)
+		c.submit(blockrep.OpFlush, 0, 0, 0, nil, h, 0)
 	}
 }
 
@@ -181,7 +185,7 @@ func (c *conn) trim(h uint64, flags uint16, off uint64, n uint32) {
 	case n == 0:
 		c.reply(h, 0, "")
 	default:
-		c.submit(blockrep.OpTrim, fuaOf(flags), off, n, nil, h)
+		c.submit(blockrep.OpTrim, fuaOf(flags), off, n, nil, h, 0)
 	}
 }
 
@@ -207,7 +211,7 @@ func (c *conn) writeZeroes(h uint64, flags uint16, off uint64, n uint32) {
 		if flags&cmdFlagFastZero != 0 {
 			fl |= blockrep.FlagFastZero
 		}
-		c.submit(blockrep.OpZero, fl, off, n, nil, h)
+		c.submit(blockrep.OpZero, fl, off, n, nil, h, 0)
 	}
 }
 
@@ -223,7 +227,9 @@ func (c *conn) cache(h uint64, flags uint16, off uint64, n uint32) {
 	}
 }
 
-func (c *conn) submit(op blockrep.Op, fl blockrep.ReqFlags, off uint64, n uint32, data []byte, h uint64) {
+// submit hands one request to the backend; rest is how much of it (its payload) is
+// still in the read buffer, so that Idle means "nothing else is queued behind it".
+func (c *conn) submit(op blockrep.Op, fl blockrep.ReqFlags, off uint64, n uint32, data []byte, h uint64, rest int) {
 	c.mu.Lock()
 	var r *blockrep.Request
 	if k := len(c.free); k > 0 {
@@ -236,7 +242,7 @@ func (c *conn) submit(op blockrep.Op, fl blockrep.ReqFlags, off uint64, n uint32
 		r = new(blockrep.Request) // only until the free list covers the queue depth
 	}
 	r.Op, r.Flags, r.Off, r.Len, r.Data, r.Handle, r.Owner = op, fl, int64(off), int64(n), data, h, c
-	r.Idle = c.br.Buffered() == 0
+	r.Idle = c.br.Buffered() == rest
 	c.be.Submit(r, &c.batch)
 }
 

@@ -1,0 +1,72 @@
+package nbd
+
+import (
+	"fmt"
+	"testing"
+
+	"github.com/blockrep/blockrep/blockrep"
+)
+
+// idleRec records the Idle flag of every request; a FLUSH can be held until released,
+// so a test can queue requests while the server is not reading.
+type idleRec struct {
+	*recBackend
+	idle    []string
+	flushIn chan struct{}
+	release chan struct{}
+}
+
+func (r *idleRec) Submit(q *blockrep.Request, b *blockrep.Batch) {
+	if q.Op == blockrep.OpFlush && r.flushIn != nil {
+		r.flushIn <- struct{}{}
+		<-r.release
+	}
+	r.mu.Lock()
+	r.idle = append(r.idle, fmt.Sprintf("%v@%d:%v", q.Op, q.Off, q.Idle))
+	r.mu.Unlock()
+	r.recBackend.Submit(q, b)
+}
+
+// TestIdleMarksTheLastQueuedRequest: Idle (the backend flushes its peer streams before
+// the local write) is set on a request with nothing queued behind it — for a WRITE
+// although its own payload is still in the read buffer while it is submitted — and
+// only there.
+func TestIdleMarksTheLastQueuedRequest(t *testing.T) {
+	rec, _ := newRec(testSize)
+	be := &idleRec{recBackend: rec, flushIn: make(chan struct{}), release: make(chan struct{})}
+	c, _ := serve(t, testServer(be))
+	c.handshake("disk", false, false)
+
+	// A held FLUSH stops the server reading; what is sent meanwhile arrives at once.
+	c.send(0, cmdFlush, 1, 0, 0, nil)
+	<-be.flushIn
+	var wire []byte
+	for i, typ := range []uint16{cmdWrite, cmdTrim, cmdWrite, cmdWrite} {
+		var payload []byte
+		n := uint32(4096)
+		if typ == cmdWrite {
+			payload = make([]byte, n)
+		}
+		wire = append(wire, request(0, typ, uint64(10+i), uint64(i)*4096, n)...)
+		wire = append(wire, payload...)
+	}
+	c.write(wire)
+	be.flushIn = nil
+	close(be.release)
+	for range 5 {
+		if r := c.mustRecv(); r.errno != 0 {
+			t.Fatalf("request %d: errno %d", r.handle, r.errno)
+		}
+	}
+	// One at a time: each is the last.
+	if r := c.do(0, cmdWrite, 65536, 4096, make([]byte, 4096)); r.errno != 0 {
+		t.Fatal(r.errno)
+	}
+	rec.mu.Lock()
+	got := fmt.Sprint(be.idle)
+	rec.mu.Unlock()
+	want := "[flush@0:true write@0:false trim@4096:false write@8192:false write@12288:true write@65536:true]"
+	if got != want {
+		t.Fatalf("backend saw %s\nwant           %s", got, want)
+	}
+}

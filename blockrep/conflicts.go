@@ -34,10 +34,20 @@ func (c *conflicts) overlaps(off, end int64) bool {
 }
 
 // acquire waits until [off, off+n) overlaps no active span, then claims it for owner.
-func (c *conflicts) acquire(off, n int64, owner any) {
+// Before it waits it flushes b: the write it waits for may be this goroutine's own,
+// queued to the peers but unsent, and so never acknowledged.
+func (c *conflicts) acquire(off, n int64, owner any, b *Batch) {
 	end := off + max(n, 1)
 	c.mu.Lock()
+	flushed := false
 	for c.overlaps(off, end) {
+		if !flushed {
+			c.mu.Unlock()
+			b.Flush()
+			flushed = true
+			c.mu.Lock()
+			continue
+		}
 		c.waiters++
 		c.cond.Wait()
 		c.waiters--

@@ -55,3 +55,39 @@ func TestQueueDeeperThanMaxBuffers(t *testing.T) {
 		})
 	}
 }
+
+// TestOverlappingWriteQueuedBehindAnUnsentOne: a goroutine submits a write and then, in
+// the same burst (nothing flushed in between), a write overlapping it. The second waits
+// for the first, which waits for the peer's acknowledgement: the first must have been
+// sent, or both wait until some timer flushes the link.
+func TestOverlappingWriteQueuedBehindAnUnsentOne(t *testing.T) {
+	n := testClusterWith(t, 2, 16<<20, ProtocolC, func(_ int, cfg *Config) {
+		for i := range cfg.Peers {
+			cfg.Peers[i].PingInt = time.Minute
+		}
+	})
+	a, _ := promotedPair(t, n)
+	done := make(chan error, 2)
+	c := chanCompleter(done)
+	var b Batch
+	submitted := make(chan struct{})
+	go func() {
+		defer close(submitted)
+		a.v.Submit(&Request{Op: OpWrite, Off: 0, Data: randBytes(4096), Len: 4096, Owner: c}, &b)
+		a.v.Submit(&Request{Op: OpWrite, Off: 0, Data: randBytes(4096), Len: 4096, Owner: c, Idle: true}, &b)
+		b.Flush()
+	}()
+	start := time.Now()
+	select {
+	case <-submitted:
+		t.Logf("submitted in %v", time.Since(start))
+	case <-time.After(time.Second):
+		// Takes milliseconds; a stall lasts until some timer flushes the link.
+		t.Fatal("the overlapping write stalled behind one that was never sent")
+	}
+	for range 2 {
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
+	}
+}

@@ -489,7 +489,7 @@ func (v *Volume) Submit(r *Request, b *Batch) {
 		}
 		return
 	}
-	v.conf.acquire(r.Off, r.Len, r)
+	v.conf.acquire(r.Off, r.Len, r, b)
 	r.eng.conflict = true
 	if v.cfg.ALUpdates && !diskless {
 		if err := v.al.Begin(r.Off, r.Len); err != nil {

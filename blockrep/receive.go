@@ -361,6 +361,16 @@ func (p *Peer) submitData(r *Request, b *Batch, diskless bool) {
 	b.Add(c)
 }
 
+// flushLink sends whatever is buffered on the current link.
+func (p *Peer) flushLink() {
+	p.pendMu.Lock()
+	c := p.link
+	p.pendMu.Unlock()
+	if c != nil {
+		c.FlushOut()
+	}
+}
+
 // submitFlush sends a flush to a protocol B/C peer; the request waits for its ack.
 func (p *Peer) submitFlush(r *Request, diskless bool) {
 	if p.cfg.Protocol == ProtocolA && !diskless {

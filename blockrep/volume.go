@@ -788,6 +788,11 @@ func (v *Volume) Demote() error {
 	v.primary.Store(false)
 	v.gate.Lock() // waits for submissions in progress
 	defer v.gate.Unlock()
+	// Writes queued by an NBD goroutine that now waits for the gate may sit unsent on a
+	// link, and drain would wait for their acknowledgements until a keepalive.
+	for _, p := range v.peers {
+		p.flushLink()
+	}
 	v.conf.drain()
 	var err error
 	if v.diskFailed.Load() && !v.anyReplicating() {

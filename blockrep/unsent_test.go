@@ -1,5 +1,8 @@
 package blockrep
 
+// Waits that depend on a peer acknowledging what a goroutine queued on a link but did
+// not send yet: each must send it first.
+
 import (
 	"testing"
 	"time"
@@ -90,4 +93,36 @@ func TestOverlappingWriteQueuedBehindAnUnsentOne(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+}
+
+// TestDemoteWithAWriteQueuedButUnsent: an NBD goroutine queued a write on the peer link
+// and blocked (on the gate the demotion holds) before flushing it. The demotion waits
+// for in-flight writes, so it must send the queued one itself.
+func TestDemoteWithAWriteQueuedButUnsent(t *testing.T) {
+	n := testClusterWith(t, 2, 16<<20, ProtocolC, func(_ int, cfg *Config) {
+		for i := range cfg.Peers {
+			cfg.Peers[i].PingInt = time.Minute
+			cfg.Peers[i].Timeout = 10 * time.Second // the keepalive would flush after 5 s
+		}
+	})
+	a, _ := promotedPair(t, n)
+	done := make(chan error, 1)
+	var b Batch // never flushed before the demotion: its goroutine is "blocked"
+	a.v.Submit(&Request{Op: OpWrite, Off: 0, Data: randBytes(4096), Len: 4096, Owner: chanCompleter(done)}, &b)
+	demoted := make(chan error, 1)
+	start := time.Now()
+	go func() { demoted <- a.v.Demote() }()
+	select {
+	case err := <-demoted:
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("demoted in %v", time.Since(start))
+	case <-time.After(2 * time.Second):
+		t.Fatal("the demotion waits for a write that sits unsent on the link")
+	}
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	b.Flush()
 }

@@ -508,8 +508,11 @@ func (v *Volume) Submit(r *Request, b *Batch) {
 		p.submitData(r, b, diskless)
 	}
 	if r.Idle {
-		// Last of a burst: let the peers start on it while we write locally.
-		b.Flush()
+		// Last of a burst: let the peers start on it while we write locally. Only the
+		// links: the client's replies wait for this one, one send for all of them.
+		for _, p := range v.peers {
+			p.flushLink()
+		}
 	}
 	if diskless {
 		v.gate.RUnlock()

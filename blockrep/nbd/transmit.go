@@ -12,7 +12,7 @@ import (
 // when the input has drained, so one syscall carries many of them.
 func (c *conn) transmit() (disc bool, err error) {
 	for {
-		if c.br.Buffered() == 0 {
+		if c.br.Buffered() < headerLen {
 			c.batch.Flush() // about to block on input
 		}
 		hdr, err := c.br.Peek(headerLen)
@@ -124,6 +124,10 @@ func (c *conn) write(h uint64, flags uint16, off uint64, n uint32) error {
 	// it before Submit returns.
 	var data []byte
 	var err error
+	if c.br.Buffered() < size {
+		// The payload is still arriving: replies must not wait for it.
+		c.batch.Flush()
+	}
 	inPlace := size <= c.br.Size()
 	if inPlace {
 		data, err = c.br.Peek(size)

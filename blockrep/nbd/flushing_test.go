@@ -70,3 +70,32 @@ func TestIdleMarksTheLastQueuedRequest(t *testing.T) {
 		t.Fatalf("backend saw %s\nwant           %s", got, want)
 	}
 }
+
+// TestRepliesDoNotWaitForAPayloadStillArriving: replies already due go out before the
+// server blocks for the rest of a request, whether the header or the payload is cut.
+func TestRepliesDoNotWaitForAPayloadStillArriving(t *testing.T) {
+	for _, cut := range []int{headerLen / 2, headerLen + 1000} {
+		t.Run(fmt.Sprintf("cut at %d", cut), func(t *testing.T) {
+			rec, _ := newRec(testSize)
+			be := &idleRec{recBackend: rec, flushIn: make(chan struct{}), release: make(chan struct{})}
+			c, _ := serve(t, testServer(be))
+			c.handshake("disk", false, false)
+			c.send(0, cmdFlush, 1, 0, 0, nil)
+			<-be.flushIn
+			wire := append(request(0, cmdWrite, 2, 0, 4096), make([]byte, 4096)...)
+			second := append(request(0, cmdWrite, 3, 4096, 4096), make([]byte, 4096)...)
+			c.write(append(wire, second[:cut]...))
+			be.flushIn = nil
+			close(be.release)
+			for _, h := range []uint64{1, 2} { // before the rest of the second write is sent
+				if r := c.mustRecv(); r.handle != h || r.errno != 0 {
+					t.Fatalf("reply %+v, want handle %d", r, h)
+				}
+			}
+			c.write(second[cut:])
+			if r := c.mustRecv(); r.handle != 3 || r.errno != 0 {
+				t.Fatalf("reply %+v, want handle 3", r)
+			}
+		})
+	}
+}

@@ -77,9 +77,17 @@ func (c *Conn) Close() error { return c.nc.Close() }
 // SetReadDeadline bounds the next reads (the engine's ping timeout).
 func (c *Conn) SetReadDeadline(t time.Time) error { return c.nc.SetReadDeadline(t) }
 
-// Buffered reports whether more input is already buffered: while it is, a reader defers
-// flushing its outputs.
-func (c *Conn) Buffered() bool { return c.r.Buffered() > 0 }
+// Buffered reports whether a whole message is already buffered, so that the next
+// ReadMsg will not block: while it is, a reader defers flushing its outputs. Part of a
+// message does not count, or acknowledgements would wait for the rest to arrive.
+func (c *Conn) Buffered() bool {
+	n := c.r.Buffered()
+	if n < headerSize {
+		return false
+	}
+	h, _ := c.r.Peek(headerSize) // buffered already: does not read
+	return n-headerSize >= int(binary.BigEndian.Uint32(h[8:]))
+}
 
 // ReadMsg reads the next message. The payload aliases an internal buffer that the next
 // ReadMsg reuses. Only one goroutine may read.

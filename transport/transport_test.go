@@ -3,10 +3,12 @@ package transport
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
 	"net"
 	"strings"
 	"testing"
+	"time"
 )
 
 // pair runs Accept on one end of a TCP connection and Dial on the other.
@@ -221,4 +223,53 @@ func FuzzDecode(f *testing.F) {
 		go func() { a.Write(p); a.Close() }()
 		newConn(b).ReadMsg()
 	})
+}
+
+// TestBufferedMeansAWholeMessage: a reader defers flushing its acknowledgements while
+// Buffered is true, so part of the next message must not count — the acks would wait
+// for the rest of it to arrive.
+func TestBufferedMeansAWholeMessage(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	send, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer send.Close()
+	nc, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	recv := newConn(nc)
+	defer recv.Close()
+	frame := func(payload int) []byte {
+		b := binary.BigEndian.AppendUint32(nil, frameMagic)
+		b = binary.BigEndian.AppendUint16(b, uint16(MsgPing))
+		b = binary.BigEndian.AppendUint16(b, 0)
+		b = binary.BigEndian.AppendUint32(b, uint32(payload))
+		return append(b, make([]byte, payload)...)
+	}
+	second, third := frame(5000), frame(5000)
+	step := func(what string, data []byte, reads int, want bool) {
+		t.Helper()
+		if _, err := send.Write(data); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(50 * time.Millisecond) // all of it arrives, so one read takes it
+		for range reads {
+			if _, _, err := recv.ReadMsg(); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if got := recv.Buffered(); got != want {
+			t.Fatalf("%s: Buffered %v, want %v", what, got, want)
+		}
+	}
+	step("next header cut", append(frame(100), second[:6]...), 1, false)
+	step("a whole message next", append(append(second[6:], frame(0)...), third[:2000]...), 1, true)
+	step("next payload cut", nil, 1, false)
+	step("nothing next", third[2000:], 1, false)
 }

@@ -27,19 +27,29 @@ func (r *idleRec) Submit(q *blockrep.Request, b *blockrep.Batch) {
 	r.recBackend.Submit(q, b)
 }
 
+// heldServer serves an idleRec and holds a FLUSH (handle 1) in it: the server stops
+// reading until unhold, so what the client sends meanwhile arrives at once.
+func heldServer(t *testing.T) (*testClient, *idleRec) {
+	rec, _ := newRec(testSize)
+	be := &idleRec{recBackend: rec, flushIn: make(chan struct{}), release: make(chan struct{})}
+	c, _ := serve(t, testServer(be))
+	c.handshake("disk", false, false)
+	c.send(0, cmdFlush, 1, 0, 0, nil)
+	<-be.flushIn
+	return c, be
+}
+
+func (r *idleRec) unhold() {
+	r.flushIn = nil
+	close(r.release)
+}
+
 // TestIdleMarksTheLastQueuedRequest: Idle (the backend flushes its peer streams before
 // the local write) is set on a request with nothing queued behind it — for a WRITE
 // although its own payload is still in the read buffer while it is submitted — and
 // only there.
 func TestIdleMarksTheLastQueuedRequest(t *testing.T) {
-	rec, _ := newRec(testSize)
-	be := &idleRec{recBackend: rec, flushIn: make(chan struct{}), release: make(chan struct{})}
-	c, _ := serve(t, testServer(be))
-	c.handshake("disk", false, false)
-
-	// A held FLUSH stops the server reading; what is sent meanwhile arrives at once.
-	c.send(0, cmdFlush, 1, 0, 0, nil)
-	<-be.flushIn
+	c, be := heldServer(t)
 	var wire []byte
 	for i, typ := range []uint16{cmdWrite, cmdTrim, cmdWrite, cmdWrite} {
 		var payload []byte
@@ -51,8 +61,7 @@ func TestIdleMarksTheLastQueuedRequest(t *testing.T) {
 		wire = append(wire, payload...)
 	}
 	c.write(wire)
-	be.flushIn = nil
-	close(be.release)
+	be.unhold()
 	for range 5 {
 		if r := c.mustRecv(); r.errno != 0 {
 			t.Fatalf("request %d: errno %d", r.handle, r.errno)
@@ -62,9 +71,9 @@ func TestIdleMarksTheLastQueuedRequest(t *testing.T) {
 	if r := c.do(0, cmdWrite, 65536, 4096, make([]byte, 4096)); r.errno != 0 {
 		t.Fatal(r.errno)
 	}
-	rec.mu.Lock()
+	be.mu.Lock()
 	got := fmt.Sprint(be.idle)
-	rec.mu.Unlock()
+	be.mu.Unlock()
 	want := "[flush@0:true write@0:false trim@4096:false write@8192:false write@12288:true write@65536:true]"
 	if got != want {
 		t.Fatalf("backend saw %s\nwant           %s", got, want)
@@ -76,17 +85,11 @@ func TestIdleMarksTheLastQueuedRequest(t *testing.T) {
 func TestRepliesDoNotWaitForAPayloadStillArriving(t *testing.T) {
 	for _, cut := range []int{headerLen / 2, headerLen + 1000} {
 		t.Run(fmt.Sprintf("cut at %d", cut), func(t *testing.T) {
-			rec, _ := newRec(testSize)
-			be := &idleRec{recBackend: rec, flushIn: make(chan struct{}), release: make(chan struct{})}
-			c, _ := serve(t, testServer(be))
-			c.handshake("disk", false, false)
-			c.send(0, cmdFlush, 1, 0, 0, nil)
-			<-be.flushIn
+			c, be := heldServer(t)
 			wire := append(request(0, cmdWrite, 2, 0, 4096), make([]byte, 4096)...)
 			second := append(request(0, cmdWrite, 3, 4096, 4096), make([]byte, 4096)...)
 			c.write(append(wire, second[:cut]...))
-			be.flushIn = nil
-			close(be.release)
+			be.unhold()
 			for _, h := range []uint64{1, 2} { // before the rest of the second write is sent
 				if r := c.mustRecv(); r.handle != h || r.errno != 0 {
 					t.Fatalf("reply %+v, want handle %d", r, h)

@@ -10,6 +10,7 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/blockrep/blockrep/internal/syncbuf"
 	"github.com/blockrep/blockrep/transport"
 )
 
@@ -78,30 +79,13 @@ func dataMsg(off uint64, n uint32, payload []byte) []byte {
 	return append(b, payload...)
 }
 
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
 // TestMalformedPeerMessageClosesTheLinkAndTouchesNoData: an authenticated peer that
 // sends a malformed or misplaced message loses its connection, with the reason logged,
 // and the receiver's disk is left exactly as it was; the link then comes back.
 func TestMalformedPeerMessageClosesTheLinkAndTouchesNoData(t *testing.T) {
 	const size = 8 << 20
 	var proxy *frameProxy
-	var log lockedBuffer
+	var log syncbuf.Buffer
 	n := testClusterWith(t, 2, size, ProtocolC, func(i int, cfg *Config) {
 		if i == 1 {
 			// beta dials alpha through the proxy; the proxy injects towards beta.

@@ -4,7 +4,6 @@
 package tgtdtest
 
 import (
-	"bytes"
 	"fmt"
 	"math/rand/v2"
 	"net"
@@ -16,6 +15,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/blockrep/blockrep/internal/syncbuf"
 )
 
 type Target struct {
@@ -25,7 +26,7 @@ type Target struct {
 	iqn      string
 	files    []string // backing file of LUN i+1
 	cmd      *exec.Cmd
-	log      *lockedBuffer
+	log      *syncbuf.Buffer
 	stopOnce sync.Once
 }
 
@@ -34,23 +35,6 @@ type Options struct {
 	LUNs       int   // default 1
 	User, Pass string
 	Thin       bool // thin_provisioning=1: UNMAP advertised
-}
-
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }
 
 func Need(t testing.TB) {
@@ -135,7 +119,7 @@ func (tg *Target) Start() {
 			}
 		}
 	}
-	tg.log = &lockedBuffer{}
+	tg.log = &syncbuf.Buffer{}
 	tg.cmd = exec.Command("tgtd", "-f", "-C", strconv.Itoa(tg.ctrl), "--iscsi", fmt.Sprintf("portal=127.0.0.1:%d", tg.port))
 	tg.cmd.Stdout, tg.cmd.Stderr = tg.log, tg.log
 	if err := tg.cmd.Start(); err != nil {

@@ -9,7 +9,7 @@ import (
 
 // transmit executes requests inline until the client sends NBD_CMD_DISC (disc), the
 // connection fails or the client is dropped. Replies are buffered and flushed only
-// when the input has drained, so one syscall carries many of them.
+// when the next read would block, so one syscall carries many of them.
 func (c *conn) transmit() (disc bool, err error) {
 	for {
 		if c.br.Buffered() < headerLen {

@@ -24,18 +24,18 @@ test-unit:
 demo: deps build
 	scripts/demo.sh
 
-# One benchmark run as /work/shared/BENCHMARKS.md prescribes (a few minutes): blockrep vs
+# One benchmark run as docs/PERFORMANCE.md describes (a few minutes): blockrep vs
 # nbdkit, nbd-server and a QEMU quorum. Prints the table; also writes it to bin/bench.md
 # (docs/PERFORMANCE.md is curated by hand). Extra flags: make bench BENCH_FLAGS='-only C,nbdkit'
 bench: deps build
 	$(GO) run ./scripts/bench -rounds 3 -md $(BIN)/bench.md $(BENCH_FLAGS)
 
-# Jepsen-style fault trials against real daemons (resource/soak, docs/RELIABILITY.md):
+# Jepsen-style fault trials against real daemons (internal/soak, docs/RELIABILITY.md):
 # make soak N=500 runs N randomized trials and prints a summary; make soak SEED=… replays
 # one trial. SOAK_FLAGS passes more, e.g. SOAK_FLAGS=-soak.net=proxy (the 127.0.0.x
 # fallback) or -soak.base=… (replay a whole run).
 soak: deps
-	cd resource/soak && $(GO) test -v -run '^TestSoak$$' -timeout 0 . -args \
+	cd internal/soak && $(GO) test -v -run '^TestSoak$$' -timeout 0 . -args \
 		-soak.n=$(or $(N),100) -soak.seed=$(or $(SEED),0) $(SOAK_FLAGS)
 
 fmt:

@@ -35,9 +35,6 @@ func NodeOfKey(resource string, key uint64) (int, bool) {
 	return int(key&0xffff) - 1, true
 }
 
-// DefaultInitiatorName is a node's iSCSI name when its on section sets none.
-func DefaultInitiatorName(node string) string { return "iqn.2024-01.io.blockrep:" + node }
-
 // Reservation states of a node, as status reports them.
 const (
 	StateHolder       = "holder"       // this node holds the reservation

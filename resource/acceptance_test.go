@@ -11,7 +11,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/blockrep/blockrep/resource/clustertest"
+	"github.com/blockrep/blockrep/internal/clustertest"
 )
 
 // TestAcceptanceTwoNodes replays the replicated-device acceptance scenario as a new

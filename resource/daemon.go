@@ -16,6 +16,7 @@ import (
 	"github.com/blockrep/blockrep/blockrep"
 	"github.com/blockrep/blockrep/blockrep/nbd"
 	"github.com/blockrep/blockrep/fence"
+	"github.com/blockrep/blockrep/resource/config"
 	"github.com/blockrep/blockrep/resource/control"
 	"github.com/blockrep/blockrep/transport"
 )
@@ -41,8 +42,8 @@ type Daemon struct {
 // running is one resource that is up.
 type running struct {
 	d    *Daemon
-	cfg  *Resource
-	host *Host
+	cfg  *config.Resource
+	host *config.Host
 	vcfg blockrep.Config
 	log  *slog.Logger
 
@@ -70,7 +71,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 		return err
 	}
 	// Validate the configuration once at start so mistakes show in the log early.
-	if cfg, err := Load(d.ConfigDir); err != nil {
+	if cfg, err := config.Load(d.ConfigDir); err != nil {
 		d.Log.Warn("configuration has errors; resources cannot be brought up until fixed", "err", err)
 	} else {
 		for _, w := range cfg.Warnings {
@@ -227,7 +228,7 @@ func (d *Daemon) handle(req control.Request) control.Response {
 	var names []string
 	if req.Resource == "all" {
 		if req.Verb == "up" {
-			cfg, err := Load(d.ConfigDir)
+			cfg, err := config.Load(d.ConfigDir)
 			if err != nil {
 				return fail(control.CodeConfig, err)
 			}
@@ -255,7 +256,7 @@ func fail(code int, err error) control.Response {
 }
 
 func codeOf(err error) int {
-	var ce *Error
+	var ce *config.Error
 	var se *blockrep.StateError
 	switch {
 	case errors.As(err, &ce):
@@ -337,8 +338,8 @@ func (d *Daemon) do(req control.Request, name string) error {
 }
 
 // lookup reads the configuration fresh and finds the resource and our part in it.
-func (d *Daemon) lookup(name string) (*Resource, error) {
-	cfg, err := Load(d.ConfigDir)
+func (d *Daemon) lookup(name string) (*config.Resource, error) {
+	cfg, err := config.Load(d.ConfigDir)
 	if err != nil {
 		return nil, err
 	}
@@ -369,7 +370,7 @@ func (d *Daemon) up(name string) (*running, error) {
 	if res.Shared() {
 		return d.upShared(res, host, log)
 	}
-	vcfg, err := res.VolumeConfig(d.Node, d.Log)
+	vcfg, err := volumeConfig(res, d.Node, d.Log)
 	if err != nil {
 		return nil, err
 	}
@@ -646,7 +647,7 @@ func (r *running) status() control.ResourceStatus {
 
 // CreateMD writes fresh metadata for resource name on node (blockrepadm create-md).
 func CreateMD(configDir, node, name string, maxPeers int, force bool) (blockrep.Geometry, error) {
-	cfg, err := Load(configDir)
+	cfg, err := config.Load(configDir)
 	if err != nil {
 		return blockrep.Geometry{}, err
 	}
@@ -654,7 +655,7 @@ func CreateMD(configDir, node, name string, maxPeers int, force bool) (blockrep.
 	if err != nil {
 		return blockrep.Geometry{}, err
 	}
-	vcfg, err := res.VolumeConfig(node, slog.Default())
+	vcfg, err := volumeConfig(res, node, slog.Default())
 	if err != nil {
 		return blockrep.Geometry{}, err
 	}

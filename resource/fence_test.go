@@ -19,8 +19,8 @@ import (
 	"github.com/blockrep/blockrep/fence"
 	"github.com/blockrep/blockrep/fence/iscsi"
 	"github.com/blockrep/blockrep/fence/scsi"
-	"github.com/blockrep/blockrep/fence/tgtdtest"
-	"github.com/blockrep/blockrep/resource/clustertest"
+	"github.com/blockrep/blockrep/internal/clustertest"
+	"github.com/blockrep/blockrep/internal/tgtdtest"
 )
 
 // sharedCluster is alpha and beta sharing one tgtd LUN as resource s0.

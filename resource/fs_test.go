@@ -11,7 +11,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/blockrep/blockrep/resource/clustertest"
+	"github.com/blockrep/blockrep/internal/clustertest"
 )
 
 // attach exposes an NBD export as a loop device through nbdfuse (no kernel nbd module

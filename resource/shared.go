@@ -9,13 +9,14 @@ import (
 
 	"github.com/blockrep/blockrep/blockrep"
 	"github.com/blockrep/blockrep/fence"
+	"github.com/blockrep/blockrep/resource/config"
 	"github.com/blockrep/blockrep/resource/control"
 )
 
 // upShared brings a shared-storage resource up: log in to the LUN, register our key,
 // serve the export socket (refusing clients until we hold the reservation).
-func (d *Daemon) upShared(res *Resource, host *Host, log *slog.Logger) (*running, error) {
-	scfg, err := res.SharedConfig(d.Node, d.Log)
+func (d *Daemon) upShared(res *config.Resource, host *config.Host, log *slog.Logger) (*running, error) {
+	scfg, err := sharedConfig(res, d.Node, d.Log)
 	if err != nil {
 		return nil, err
 	}
@@ -115,7 +116,7 @@ func (r *running) fenceVerb(ctx context.Context, req control.Request) error {
 		if victim.NodeID == r.host.NodeID {
 			return fmt.Errorf("%s: refusing to fence this node itself", r.cfg.Name)
 		}
-		scfg, err := r.cfg.SharedConfig(r.d.Node, r.log)
+		scfg, err := sharedConfig(r.cfg, r.d.Node, r.log)
 		if err != nil {
 			return err
 		}

@@ -11,11 +11,12 @@ import (
 	"github.com/blockrep/blockrep/fence"
 	"github.com/blockrep/blockrep/fence/iscsi"
 	"github.com/blockrep/blockrep/fence/scsi"
+	"github.com/blockrep/blockrep/resource/config"
 )
 
-// VolumeConfig is the engine's configuration of resource r on node: the local host's
+// volumeConfig is the engine's configuration of resource r on node: the local host's
 // disk and every connection with its effective options.
-func (r *Resource) VolumeConfig(node string, log *slog.Logger) (blockrep.Config, error) {
+func volumeConfig(r *config.Resource, node string, log *slog.Logger) (blockrep.Config, error) {
 	h, err := r.Host(node)
 	if err != nil {
 		return blockrep.Config{}, err
@@ -60,25 +61,14 @@ func (r *Resource) VolumeConfig(node string, log *slog.Logger) (blockrep.Config,
 }
 
 // settings are the options both ends of a connection must agree on.
-func settings(n *NetOptions) string {
+func settings(n *config.NetOptions) string {
 	return fmt.Sprintf("after-sb-0pri=%s;after-sb-1pri=%s;after-sb-2pri=%s;always-asbp=%t;rr-conflict=%s;csums-alg=%s;verify-alg=%s;compression=%s",
 		n.AfterSB0Pri, n.AfterSB1Pri, n.AfterSB2Pri, n.AlwaysASBP, n.RRConflict, n.CsumsAlg, n.VerifyAlg, n.Compression)
 }
 
-// Shared reports whether r is a shared-storage resource (options { storage shared; }).
-func (r *Resource) Shared() bool { return r.Options.Storage == "shared" }
-
-// InitiatorName is the node's iSCSI name: its initiator-name, or one derived from its name.
-func (h *Host) Initiator() string {
-	if h.InitiatorName != "" {
-		return h.InitiatorName
-	}
-	return fence.DefaultInitiatorName(h.Name)
-}
-
 // deviceOpener opens backing devices: iscsi:// URLs through the userspace initiator
 // (as the host's initiator name), everything else as a file or block device.
-func deviceOpener(h *Host) func(path string) (blockrep.Device, error) {
+func deviceOpener(h *config.Host) func(path string) (blockrep.Device, error) {
 	return func(path string) (blockrep.Device, error) {
 		if strings.HasPrefix(path, "iscsi://") {
 			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
@@ -89,8 +79,8 @@ func deviceOpener(h *Host) func(path string) (blockrep.Device, error) {
 	}
 }
 
-// SharedConfig is node's view of a shared-storage resource.
-func (r *Resource) SharedConfig(node string, log *slog.Logger) (fence.SharedConfig, error) {
+// sharedConfig is node's view of a shared-storage resource.
+func sharedConfig(r *config.Resource, node string, log *slog.Logger) (fence.SharedConfig, error) {
 	h, err := r.Host(node)
 	if err != nil {
 		return fence.SharedConfig{}, err

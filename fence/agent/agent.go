@@ -19,7 +19,7 @@ import (
 	"github.com/blockrep/blockrep/fence"
 	"github.com/blockrep/blockrep/fence/iscsi"
 	"github.com/blockrep/blockrep/fence/scsi"
-	"github.com/blockrep/blockrep/resource"
+	"github.com/blockrep/blockrep/resource/config"
 	"github.com/blockrep/blockrep/resource/control"
 )
 
@@ -161,7 +161,7 @@ func Main(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 // agent resolves the resource and how to reach its LUN.
 type agent struct {
 	p      params
-	res    *resource.Resource
+	res    *config.Resource
 	node   string // the local node
 	client *control.Client
 	key    uint64 // the key this agent acts as (the local node's, unless overridden)
@@ -170,7 +170,7 @@ type agent struct {
 func newAgent(p params) (*agent, error) {
 	cfgDir := or(p["config"], control.DefaultConfigDir)
 	node := or(p["nodename"], p["node"], control.DefaultNode())
-	cfg, err := resource.Load(cfgDir)
+	cfg, err := config.Load(cfgDir)
 	if err != nil {
 		return nil, err
 	}
@@ -205,7 +205,7 @@ func or(vals ...string) string {
 }
 
 // findResource picks the shared resource by name, or by one of the devices it uses.
-func findResource(cfg *resource.Config, name, devices string) (*resource.Resource, error) {
+func findResource(cfg *config.Config, name, devices string) (*config.Resource, error) {
 	if name != "" {
 		return cfg.Resource(name)
 	}

@@ -6,7 +6,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"github.com/blockrep/blockrep/fence/tgtdtest"
+	"github.com/blockrep/blockrep/internal/tgtdtest"
 	"math/rand/v2"
 	"net"
 	"strings"

@@ -2,7 +2,7 @@ package iscsi
 
 import (
 	"context"
-	"github.com/blockrep/blockrep/fence/tgtdtest"
+	"github.com/blockrep/blockrep/internal/tgtdtest"
 	"testing"
 	"time"
 )

@@ -13,6 +13,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/blockrep/blockrep/resource"
+	"github.com/blockrep/blockrep/resource/config"
 	"github.com/blockrep/blockrep/resource/control"
 )
 
@@ -55,7 +56,7 @@ func (u usageError) Error() string { return string(u) }
 func exitCode(err error) int {
 	var ce *control.Error
 	var ue usageError
-	var re *resource.Error
+	var re *config.Error
 	switch {
 	case errors.As(err, &ce):
 		return ce.Code
@@ -168,12 +169,12 @@ func status(c *cli.Context) error {
 	return nil
 }
 
-func resourcesOf(c *cli.Context) (*resource.Config, []string, error) {
+func resourcesOf(c *cli.Context) (*config.Config, []string, error) {
 	name, err := resourceArg(c)
 	if err != nil {
 		return nil, nil, err
 	}
-	cfg, err := resource.Load(c.String("config"))
+	cfg, err := config.Load(c.String("config"))
 	if err != nil {
 		return nil, nil, err
 	}

@@ -1,6 +1,6 @@
 package main
 
-// Backing files (BENCHMARKS.md): 1 GiB, the first 256 MiB written with zeros and
+// Backing files (docs/PERFORMANCE.md, "Method"): 1 GiB, the first 256 MiB written with zeros and
 // fsync'd, evicted from the page cache with posix_fadvise(DONTNEED) before each run.
 
 import (

@@ -1,5 +1,5 @@
 // Command bench is `make bench`: it measures blockrep against the reference NBD
-// servers the way /work/shared/BENCHMARKS.md prescribes and prints one table.
+// servers the way docs/PERFORMANCE.md describes and prints one table.
 //
 //	go run ./scripts/bench [-rounds 3] [-only one,C,A,nbdkit,nbd-server,qemu]
 //	    [-workloads randwrite,write,randread,durable] [-runtime 6s] [-keep] [-md FILE]
@@ -43,7 +43,7 @@ type workload struct {
 
 // The nbd engine of fio 3.33 rejects --fdatasync (DDIR_DATASYNC → EINVAL in
 // td_io_queue); --fsync=1 makes it send NBD_CMD_FLUSH after every write (checked with
-// nbdkit --filter=log: as many Flush as Write requests), which is what BENCHMARKS.md's
+// nbdkit --filter=log: as many Flush as Write requests), which is what the method's
 // "durable 4k writes" means. The run fails if fio reports no syncs.
 var workloads = []workload{
 	{key: "randwrite", title: "4k randwrite qd32", unit: "IOPS", args: []string{"--rw=randwrite", "--bs=4k", "--iodepth=32"}},

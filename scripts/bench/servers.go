@@ -1,7 +1,7 @@
 package main
 
 // The servers under test: blockrep (one node, protocol C, protocol A) and the
-// references of BENCHMARKS.md (nbdkit, nbd-server, QEMU quorum). Each exports the
+// reference servers (nbdkit, nbd-server, QEMU quorum). Each exports the
 // volume over NBD on a unix socket in its own directory of the temp dir.
 
 import (

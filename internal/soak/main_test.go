@@ -5,7 +5,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/blockrep/blockrep/resource/clustertest"
+	"github.com/blockrep/blockrep/internal/clustertest"
 )
 
 // TestMain removes the daemon binaries built for the trials, so that a soak leaves no

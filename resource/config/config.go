@@ -1,4 +1,4 @@
-package resource
+package config
 
 import (
 	"fmt"
@@ -391,4 +391,18 @@ func oneOf(values ...string) func(*stmt) error {
 		}
 		return checkEnum(s, v, values)
 	}
+}
+
+// Shared reports whether r is a shared-storage resource (options { storage shared; }).
+func (r *Resource) Shared() bool { return r.Options.Storage == "shared" }
+
+// DefaultInitiatorPrefix names a node's iSCSI initiator when its on section sets none.
+const DefaultInitiatorPrefix = "iqn.2024-01.io.blockrep:"
+
+// Initiator is the node's iSCSI name: its initiator-name, or one derived from its name.
+func (h *Host) Initiator() string {
+	if h.InitiatorName != "" {
+		return h.InitiatorName
+	}
+	return DefaultInitiatorPrefix + h.Name
 }

@@ -8,7 +8,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/blockrep/blockrep/resource/clustertest"
+	"github.com/blockrep/blockrep/internal/clustertest"
 )
 
 var (
@@ -70,7 +70,7 @@ func netFlag(def clustertest.NetMode) clustertest.NetMode {
 	return def
 }
 
-// TestSoak runs randomized trials: go test ./resource/soak -run TestSoak -timeout 0
+// TestSoak runs randomized trials: go test ./internal/soak -run TestSoak -timeout 0
 // -args -soak.n=500 (or make soak N=500), or replays one: -soak.seed=SEED (make soak
 // SEED=…). It prints one line per trial and a summary; failures name their seeds.
 func TestSoak(t *testing.T) {

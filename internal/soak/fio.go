@@ -9,7 +9,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/blockrep/blockrep/resource/clustertest"
+	"github.com/blockrep/blockrep/internal/clustertest"
 )
 
 // fioRun is fio writing its own region of the device alongside the workload, saving

@@ -6,7 +6,7 @@ import (
 	"time"
 
 	"github.com/blockrep/blockrep/blockrep/nbd"
-	"github.com/blockrep/blockrep/resource/clustertest"
+	"github.com/blockrep/blockrep/internal/clustertest"
 )
 
 // Engine bugs the soak found, each pinned by a test of the correct behaviour. All three

@@ -9,7 +9,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/blockrep/blockrep/resource/clustertest"
+	"github.com/blockrep/blockrep/internal/clustertest"
 	"github.com/blockrep/blockrep/resource/control"
 )
 

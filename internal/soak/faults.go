@@ -7,7 +7,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/blockrep/blockrep/resource/clustertest"
+	"github.com/blockrep/blockrep/internal/clustertest"
 )
 
 // inject runs one fault from injection to recovery. Faults do not overlap: each one

@@ -23,6 +23,6 @@
 // only if it was in sync with the Primary when the Primary died; otherwise the old
 // Primary is restarted (see trial.failover and docs/RELIABILITY.md).
 //
-// Running: go test ./resource/soak runs the fixed short set (skipped with -short);
+// Running: go test ./internal/soak runs the fixed short set (skipped with -short);
 // make soak N=500 runs randomized trials and make soak SEED=… replays one (TestSoak).
 package soak

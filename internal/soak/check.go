@@ -12,7 +12,7 @@ import (
 	"time"
 
 	"github.com/blockrep/blockrep/blockrep/nbd"
-	"github.com/blockrep/blockrep/resource/clustertest"
+	"github.com/blockrep/blockrep/internal/clustertest"
 )
 
 // heal ends every fault: the network is mended, crashed daemons restart, failed disks

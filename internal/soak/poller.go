@@ -5,7 +5,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/blockrep/blockrep/resource/clustertest"
+	"github.com/blockrep/blockrep/internal/clustertest"
 )
 
 // poller watches every node's status throughout a trial for states that must never

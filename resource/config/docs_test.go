@@ -1,4 +1,4 @@
-package resource
+package config
 
 import (
 	"os"
@@ -10,7 +10,7 @@ import (
 
 // TestDocsListEveryIgnoredOption keeps docs/configuration.md true to the code.
 func TestDocsListEveryIgnoredOption(t *testing.T) {
-	b, err := os.ReadFile("../docs/configuration.md")
+	b, err := os.ReadFile("../../docs/configuration.md")
 	if err != nil {
 		t.Fatal(err)
 	}

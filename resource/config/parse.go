@@ -1,4 +1,4 @@
-package resource
+package config
 
 // stmt is one statement of the generic syntax every section shares:
 //

@@ -1,0 +1,38 @@
+// Package config reads blockrep's resource configuration: DRBD 9 .res
+// files, so that existing DRBD configurations load unchanged where they use
+// features blockrep has.
+//
+// Every node reads the same files. Load reads every *.res file of the
+// configuration directory (and what they include); Config.Resource finds a
+// resource, Resource.Host a node's "on" section and Resource.Peers the
+// connections of that node with their effective options:
+//
+//	cfg, err := config.Load("/etc/blockrep")
+//	r, err := cfg.Resource("r0")
+//	me, err := r.Host(nodeName)
+//	peers, err := r.Peers(nodeName)
+//
+// Rules worth knowing, most of them DRBD's:
+//
+//   - A statement blockrep does not know is an error naming file:line, so a
+//     typo never silently changes behaviour. DRBD options blockrep accepts
+//     but ignores are listed by IgnoredOptions; each use adds a Warning.
+//   - Options layer as common < resource < connection (or connection-mesh);
+//     a later level overrides single options, not whole sections.
+//   - device, disk and meta-disk at resource level (or in its volume 0) are
+//     defaults for every on section. Only volume 0 exists: one resource is one
+//     replicated block device.
+//   - meta-disk defaults to internal (DRBD requires it to be given).
+//   - Without connection or connection-mesh sections, every pair of hosts is
+//     connected by their addresses (the implicit full mesh).
+//   - A bare number takes the option's DRBD unit (resync-rate KiB/s,
+//     c-fill-target sectors, timeout 0.1 s, ...); K/M/G/T suffixes make it
+//     bytes (1024ⁿ). The typed fields hold bytes and time.Duration.
+//   - include takes a glob relative to the including file, only at top
+//     level. Each file is read at most once, so a .res file may also be
+//     included, or several may include one global_common.conf.
+//
+// blockrep extensions: "export IP:PORT;" and "initiator-name IQN;" in on
+// sections, "storage replicated|shared;" in options, "reservation ...;" in
+// disk and "compression none|zstd|s2;" in net.
+package config

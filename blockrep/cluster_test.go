@@ -146,7 +146,7 @@ func (nd *testNode) crash() {
 	nd.ln.Close()
 	nd.wg.Wait()
 	v.closed.Store(true)
-	v.primary.Store(false)
+	v.writable.Store(false)
 	for _, p := range v.peers {
 		select {
 		case <-p.quit:
@@ -652,7 +652,7 @@ func TestLocalWriteErrorDetachesTheDiskAndServesThroughThePeer(t *testing.T) {
 func TestLocalWriteErrorWithPassOnFailsTheWrite(t *testing.T) {
 	var faulty *FaultyDevice
 	n := testClusterWith(t, 1, 8<<20, ProtocolC, func(i int, cfg *Config) {
-		cfg.OnIOError = "pass_on"
+		cfg.OnIOError = IOErrorPassOn
 		cfg.OpenDevice = func(path string) (Device, error) {
 			d, err := OpenFile(path, 0, false)
 			faulty = &FaultyDevice{Device: d}

@@ -34,22 +34,14 @@ func (c *conflicts) overlaps(off, end int64) bool {
 }
 
 // acquire waits until [off, off+n) overlaps no active span, then claims it for owner.
-// Before it waits it flushes b: the write it waits for may be this goroutine's own,
-// queued to the peers but unsent, and so never acknowledged.
+// It waits through b: the write it waits for may be this goroutine's own, queued to the
+// peers, which must be sent to be acknowledged.
 func (c *conflicts) acquire(off, n int64, owner any, b *Batch) {
 	end := off + max(n, 1)
 	c.mu.Lock()
-	flushed := false
 	for c.overlaps(off, end) {
-		if !flushed {
-			c.mu.Unlock()
-			b.Flush()
-			flushed = true
-			c.mu.Lock()
-			continue
-		}
 		c.waiters++
-		c.cond.Wait()
+		b.Wait(&c.cond)
 		c.waiters--
 	}
 	c.active = append(c.active, span{off, end, owner})

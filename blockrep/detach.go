@@ -3,7 +3,6 @@ package blockrep
 import (
 	"errors"
 	"fmt"
-	"time"
 
 	"github.com/blockrep/blockrep/transport"
 )
@@ -13,7 +12,7 @@ import (
 // in the background, and the caller goes on as if it had no disk; under "pass_on" the
 // caller returns the error.
 func (v *Volume) localIOError(op string, off int64, err error) bool {
-	if v.cfg.OnIOError == "pass_on" {
+	if v.cfg.OnIOError == IOErrorPassOn {
 		v.log.Error("local I/O error, passed on (on-io-error pass_on)", "op", op, "offset", off, "err", err)
 		return false
 	}
@@ -25,35 +24,11 @@ func (v *Volume) localIOError(op string, off int64, err error) bool {
 	return true
 }
 
-// detachFailedDisk stops using a failed disk. A Primary goes on diskless: it starts a new
-// generation that its in-sync peers adopt while recording what its disk misses, writes
-// complete when a peer has them, reads are served by a peer. A Secondary cannot apply
-// writes any more and drops its connections; its peers record what it misses.
+// detachFailedDisk stops using a failed disk; the core decides what that means.
 func (v *Volume) detachFailedDisk() {
 	v.gate.Lock()
-	v.mu.Lock()
-	v.meta.failed.Store(true)
-	primary := v.state.Role == Primary
-	if err := v.changeLocked(func(s *State) { s.Disk = Diskless }); err != nil {
-		v.log.Error("detaching the failed disk", "err", err)
-	}
-	if primary {
-		if err := v.newGenerationLocked(false, true); err != nil {
-			v.log.Error("new generation after losing the disk", "err", err)
-		}
-	}
-	for _, p := range v.peers {
-		if !primary {
-			p.want = false
-		}
-	}
-	v.mu.Unlock()
-	v.gate.Unlock()
-	if !primary {
-		for _, p := range v.peers {
-			p.dropLink("local disk failed")
-		}
-	}
+	defer v.gate.Unlock()
+	v.step(EvDiskFailed{})
 }
 
 // DiskFailed reports whether the local disk was detached after an I/O error.
@@ -80,13 +55,7 @@ func (p *Peer) readable() bool {
 	p.pendMu.Lock()
 	live := p.replicating
 	p.pendMu.Unlock()
-	if !live {
-		return false
-	}
-	p.v.mu.Lock()
-	defer p.v.mu.Unlock()
-	ps := p.v.state.Peer(p.cfg.NodeID)
-	return ps.Repl == Established && ps.Disk == UpToDate
+	return live && query(p.v, func(c *Core) bool { return c.Readable(p.cfg.NodeID) })
 }
 
 // read asks the peer for a range and waits for it.
@@ -103,14 +72,14 @@ func (p *Peer) read(buf []byte, off int64) error {
 	c := p.link
 	p.pendMu.Unlock()
 	d := transport.Data{ID: id, Off: uint64(off), Len: uint32(len(buf))}
-	c.Lock()
-	c.WriteDataLocked(transport.MsgReadReq, &d, nil)
-	c.FlushLocked()
-	c.Unlock()
+	c.QueueData(transport.MsgReadReq, &d, nil)
+	c.Flush()
+	t := p.v.clock.NewTimer(p.cfg.Timeout + p.cfg.PingInt)
+	defer t.Stop()
 	select {
 	case err := <-done:
 		return err
-	case <-time.After(p.cfg.Timeout + p.cfg.PingInt):
+	case <-t.C():
 		p.pendMu.Lock()
 		delete(p.pending, id)
 		p.pendMu.Unlock()
@@ -118,8 +87,9 @@ func (p *Peer) read(buf []byte, off int64) error {
 	}
 }
 
-// serveRead answers a diskless Primary's read from our disk (receive loop).
-func (p *Peer) serveRead(c *transport.Conn, payload []byte) error {
+// serveRead answers a diskless Primary's read from our disk (receive loop; the reply
+// leaves with the loop's batch).
+func (p *Peer) serveRead(c *transport.Conn, payload []byte, b *Batch) error {
 	d, _, err := transport.DecodeData(payload, false)
 	if err != nil {
 		return err
@@ -131,28 +101,20 @@ func (p *Peer) serveRead(c *transport.Conn, payload []byte) error {
 		return fmt.Errorf("%w: read of %d bytes", transport.ErrProtocol, d.Len)
 	}
 	v := p.v
-	v.mu.Lock()
-	disk := v.state.Disk
-	v.mu.Unlock()
 	buf := make([]byte, d.Len)
-	if disk != UpToDate || v.diskFailed.Load() {
+	b.Add(c)
+	if v.State().Disk != UpToDate || v.diskFailed.Load() {
 		a := transport.Ack{ID: d.ID, Code: 2}
-		c.Lock()
-		c.WriteAckLocked(transport.MsgNegAck, &a)
-		c.Unlock()
+		c.QueueAck(transport.MsgNegAck, &a)
 		return nil
 	}
 	if err := v.data.ReadAt(buf, int64(d.Off)); err != nil {
 		v.localIOError("read", int64(d.Off), err)
 		a := transport.Ack{ID: d.ID, Code: 1}
-		c.Lock()
-		c.WriteAckLocked(transport.MsgNegAck, &a)
-		c.Unlock()
+		c.QueueAck(transport.MsgNegAck, &a)
 		return nil
 	}
-	c.Lock()
-	c.WriteDataLocked(transport.MsgReadReply, &d, buf)
-	c.Unlock()
+	c.QueueData(transport.MsgReadReply, &d, buf)
 	return nil
 }
 

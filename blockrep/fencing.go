@@ -12,31 +12,15 @@ import (
 	"time"
 )
 
-// Fencing policies (DRBD's net { fencing … }).
-const (
-	FencingDontCare           = "dont-care"
-	FencingResourceOnly       = "resource-only"
-	FencingResourceAndStonith = "resource-and-stonith"
-)
-
-// fence-peer handler exit codes, as DRBD reads them.
-const (
-	FenceExitPeerInconsistent = 3 // the peer's disk is Inconsistent or worse: nothing to fence
-	FenceExitPeerOutdated     = 4 // the handler outdated the peer
-	FenceExitPeerUnreachable  = 5 // the peer could not be reached
-	FenceExitPeerIsPrimary    = 6 // the peer refused: it is Primary
-	FenceExitPeerFenced       = 7 // the peer was fenced (STONITH)
-)
-
 // suspension freezes the write path: while set, Submit waits and completions are held
 // back, so no write is acknowledged until the fence-peer handler has confirmed that the
-// lost peer cannot write any more (fencing resource-and-stonith).
+// lost peer cannot write any more (fencing resource-and-stonith). The core decides when
+// (Freeze, Thaw); this is the data path's side of it.
 type suspension struct {
-	on     atomic.Bool
-	mu     sync.Mutex
-	cond   sync.Cond
-	reason string
-	held   []heldCompletion
+	on   atomic.Bool
+	mu   sync.Mutex
+	cond sync.Cond
+	held []heldCompletion
 }
 
 type heldCompletion struct {
@@ -46,10 +30,8 @@ type heldCompletion struct {
 
 func (s *suspension) init() { s.cond.L = &s.mu }
 
-// freeze starts a suspension (idempotent).
-func (s *suspension) freeze(reason string) {
+func (s *suspension) freeze(string) {
 	s.mu.Lock()
-	s.reason = reason
 	s.on.Store(true)
 	s.mu.Unlock()
 }
@@ -59,21 +41,20 @@ func (s *suspension) thaw() []heldCompletion {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.on.Store(false)
-	s.reason = ""
 	held := s.held
 	s.held = nil
 	s.cond.Broadcast()
 	return held
 }
 
-// waitThawed blocks a submitter while frozen.
-func (s *suspension) waitThawed() {
+// waitThawed blocks a submitter while frozen, sending what it queued first.
+func (s *suspension) waitThawed(b *Batch) {
 	if !s.on.Load() {
 		return
 	}
 	s.mu.Lock()
 	for s.on.Load() {
-		s.cond.Wait()
+		b.Wait(&s.cond)
 	}
 	s.mu.Unlock()
 }
@@ -92,71 +73,46 @@ func (s *suspension) hold(r *Request, err error) bool {
 	return true
 }
 
-// Suspended returns why I/O is frozen, or "".
-func (v *Volume) Suspended() string {
-	v.susp.mu.Lock()
-	defer v.susp.mu.Unlock()
-	return v.susp.reason
-}
-
-// ResumeIO ends a suspension by operator decision (drbdadm resume-io).
-func (v *Volume) ResumeIO() error {
-	if !v.susp.on.Load() {
-		return refuse(nil, "I/O is not suspended")
-	}
-	v.log.Warn("I/O resumed by the operator")
-	v.releaseHeld()
-	return nil
-}
-
-func (v *Volume) releaseHeld() {
+func completeHeld(held []heldCompletion) {
 	var b Batch
-	for _, h := range v.susp.thaw() {
+	for _, h := range held {
 		h.r.Owner.Complete(h.r, h.err, &b)
 	}
 	b.Flush()
 }
 
-// fencePeer runs the fence-peer handler for a lost peer; with freeze the write path is
-// already frozen and resumes only when the handler confirms the peer is fenced.
-func (p *Peer) fencePeer(freeze bool) {
-	v := p.v
-	code, err := p.runHandler("fence-peer")
-	switch {
-	case err != nil:
-		p.log.Error("fence-peer handler failed", "err", err)
-	case code == FenceExitPeerOutdated || code == FenceExitPeerFenced || code == FenceExitPeerInconsistent:
-		p.log.Warn("fence-peer: peer fenced", "exit", code)
-		if code != FenceExitPeerInconsistent {
-			v.mu.Lock()
-			v.meta.Update(func(sb *Superblock) { sb.Peers[p.slot].Flags |= PeerOutdated })
-			v.mu.Unlock()
-		}
-		if freeze {
-			p.log.Warn("resuming I/O: the peer is fenced")
-			v.releaseHeld()
-		}
-		return
-	default:
-		p.log.Error("fence-peer handler did not confirm the peer is fenced", "exit", code)
-	}
-	if freeze {
-		p.log.Error("I/O stays frozen until the peer is fenced or the operator runs resume-io")
-	}
+// Suspended returns why I/O is frozen, or "".
+func (v *Volume) Suspended() string {
+	return query(v, func(c *Core) string { return c.State.Suspended })
 }
 
+// ResumeIO ends a suspension by operator decision (drbdadm resume-io).
+func (v *Volume) ResumeIO() error { return v.step(EvResumeIO{}) }
+
 // runHandler runs a handler command as DRBD does: sh -c CMD with $1 = the resource and
-// DRBD_* (and BLOCKREP_*) variables describing the peer. No handler is exit code -1.
+// DRBD_* (and BLOCKREP_*) variables describing the peer. A handler that is not
+// configured, cannot start or outlives the handler timeout is an error (the timeout
+// kills it); otherwise its exit code is returned.
 func (p *Peer) runHandler(name string) (int, error) {
 	v := p.v
-	st := v.State()
-	cstate := st.Peer(p.cfg.NodeID).Conn.String()
 	cmdline := v.cfg.Handlers[name]
 	if cmdline == "" {
 		return -1, fmt.Errorf("no %s handler configured", name)
 	}
-	p.log.Warn("running handler", "handler", name, "command", cmdline)
-	cmd := exec.CommandContext(context.Background(), "/bin/sh", "-c", cmdline, name, v.cfg.Resource)
+	st := v.State()
+	cstate := st.Peer(p.cfg.NodeID).Conn.String()
+	timeout := v.cfg.HandlerTimeout
+	if timeout <= 0 {
+		timeout = DefaultHandlerTimeout
+	}
+	p.log.Warn("running handler", "handler", name, "command", cmdline, "timeout", timeout)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	expired := atomic.Bool{}
+	t := v.clock.AfterFunc(timeout, func() { expired.Store(true); cancel() })
+	defer t.Stop()
+	cmd := exec.CommandContext(ctx, "/bin/sh", "-c", cmdline, name, v.cfg.Resource)
+	cmd.WaitDelay = time.Second // a handler's children holding its output do not keep us
 	env := map[string]string{
 		"DRBD_RESOURCE":         v.cfg.Resource,
 		"DRBD_VOLUME":           "0",
@@ -184,6 +140,10 @@ func (p *Peer) runHandler(name string) (int, error) {
 	}
 	start := time.Now()
 	out, err := cmd.CombinedOutput()
+	if expired.Load() {
+		p.log.Error("handler timed out and was killed", "handler", name, "timeout", timeout, "output", string(out))
+		return -1, fmt.Errorf("%s handler timed out after %s", name, timeout)
+	}
 	code := cmd.ProcessState.ExitCode()
 	var ee *exec.ExitError
 	if err != nil && !errors.As(err, &ee) {
@@ -200,43 +160,4 @@ func hostOf(addr string) string {
 		}
 	}
 	return addr
-}
-
-// fenceBeforePromotion: with fencing, promoting while this peer is unreachable and not
-// known Outdated needs the fence-peer handler to outdate or fence it first.
-func (p *Peer) fenceBeforePromotion() error {
-	if p.cfg.Fencing == "" || p.cfg.Fencing == FencingDontCare {
-		return nil
-	}
-	v := p.v
-	v.mu.Lock()
-	ps := *v.state.Peer(p.cfg.NodeID)
-	outdated := v.meta.Superblock().Peers[p.slot].Flags&PeerOutdated != 0
-	v.mu.Unlock()
-	if ps.Conn == Connected || outdated {
-		return nil
-	}
-	code, err := p.runHandler("fence-peer")
-	switch {
-	case err != nil:
-		return refuse(nil, "Refusing to be Primary while peer %s is not outdated (%v)", p.cfg.Name, err)
-	case code == FenceExitPeerOutdated || code == FenceExitPeerFenced:
-		v.mu.Lock()
-		v.meta.Update(func(sb *Superblock) { sb.Peers[p.slot].Flags |= PeerOutdated })
-		v.mu.Unlock()
-		return nil
-	case code == FenceExitPeerInconsistent || code == FenceExitPeerUnreachable:
-		return nil
-	}
-	return refuse(nil, "Refusing to be Primary while peer %s is not outdated (fence-peer exit %d)", p.cfg.Name, code)
-}
-
-// unfencePeer runs the unfence-peer handler once the peer has our data again.
-func (p *Peer) unfencePeer() {
-	if p.cfg.Fencing == "" || p.cfg.Fencing == FencingDontCare || p.v.cfg.Handlers["unfence-peer"] == "" {
-		return
-	}
-	if code, err := p.runHandler("unfence-peer"); err != nil || code != 0 {
-		p.log.Warn("unfence-peer handler failed", "exit", code, "err", err)
-	}
 }

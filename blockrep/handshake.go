@@ -1,9 +1,6 @@
 package blockrep
 
-import (
-	"fmt"
-	"strings"
-)
+import "fmt"
 
 // HandshakeSide is what each node tells the other when a connection is established.
 type HandshakeSide struct {
@@ -16,16 +13,6 @@ type HandshakeSide struct {
 	Dirty uint64
 	// PrimaryConnected: this side is connected to a Primary other than the peer.
 	PrimaryConnected bool
-}
-
-// SplitBrainPolicy is the after-sb-* / rr-conflict configuration of a connection; both
-// sides must use the same one (the transport handshake checks that).
-type SplitBrainPolicy struct {
-	After0Pri  string // disconnect|discard-younger-primary|discard-older-primary|discard-zero-changes|discard-least-changes|discard-node-NAME
-	After1Pri  string // disconnect|consensus|discard-secondary|call-pri-lost-after-sb|violently-as0p
-	After2Pri  string // disconnect|violently-as0p|call-pri-lost-after-sb
-	AlwaysASBP bool
-	RRConflict string // disconnect|retry-connect|violently|call-pri-lost|auto-discard
 }
 
 // SyncBits says which blocks a resync moves.
@@ -242,55 +229,52 @@ func primaries(a, b HandshakeSide) int {
 func afterSplitBrain(self, peer HandshakeSide, pol SplitBrainPolicy) int {
 	switch primaries(self, peer) {
 	case 0:
-		return asb0p(self, peer, pol.After0Pri)
+		return asb0p(self, peer, pol)
 	case 1:
 		switch pol.After1Pri {
-		case "discard-secondary":
+		case ASB1DiscardSecondary:
 			if self.Role == Primary {
 				return 1
 			}
 			return -1
-		case "consensus", "call-pri-lost-after-sb":
+		case ASB1Consensus, ASB1CallPriLostAfterSB:
 			// Only accept the 0pri answer when it discards the Secondary. (DRBD's
 			// call-pri-lost-after-sb would also demote a losing Primary through a
 			// handler; blockrep runs none, so that case stays unresolved.)
-			d := asb0p(self, peer, pol.After0Pri)
+			d := asb0p(self, peer, pol)
 			if d == -1 && self.Role == Secondary || d == 1 && peer.Role == Secondary {
 				return d
 			}
-		case "violently-as0p":
-			return asb0p(self, peer, pol.After0Pri)
+		case ASB1ViolentlyAS0P:
+			return asb0p(self, peer, pol)
 		}
 	case 2:
-		if pol.After2Pri == "violently-as0p" {
-			return asb0p(self, peer, pol.After0Pri)
+		if pol.After2Pri == ASB2ViolentlyAS0P {
+			return asb0p(self, peer, pol)
 		}
 	}
 	return 0
 }
 
-func asb0p(self, peer HandshakeSide, policy string) int {
+func asb0p(self, peer HandshakeSide, pol SplitBrainPolicy) int {
 	// Ties go to the lower node id, on both sides alike.
 	tie := 1
 	if self.NodeID > peer.NodeID {
 		tie = -1
 	}
-	if node, ok := strings.CutPrefix(policy, "discard-node-"); ok {
-		switch node {
+	selfPri := self.Gen.Bitmap[peer.NodeID]&UUIDPrimaryBit != 0
+	peerPri := peer.Gen.Bitmap[self.NodeID]&UUIDPrimaryBit != 0
+	switch pol.After0Pri {
+	case ASB0DiscardNode:
+		switch pol.DiscardNode {
 		case self.Name:
 			return -1
 		case peer.Name:
 			return 1
 		}
 		return 0
-	}
-	selfPri := self.Gen.Bitmap[peer.NodeID]&UUIDPrimaryBit != 0
-	peerPri := peer.Gen.Bitmap[self.NodeID]&UUIDPrimaryBit != 0
-	switch policy {
-	case "disconnect", "":
-		return 0
-	case "discard-younger-primary", "discard-older-primary":
-		younger := policy == "discard-younger-primary"
+	case ASB0DiscardYoungerPrimary, ASB0DiscardOlderPrimary:
+		younger := pol.After0Pri == ASB0DiscardYoungerPrimary
 		if !selfPri && peerPri {
 			return pick(younger, -1, 1)
 		}
@@ -299,7 +283,7 @@ func asb0p(self, peer HandshakeSide, policy string) int {
 		}
 		// Undecided: DRBD falls through to discard-least-changes.
 		return leastChanges(self, peer, tie)
-	case "discard-zero-changes":
+	case ASB0DiscardZeroChanges:
 		switch {
 		case self.Dirty == 0 && peer.Dirty == 0:
 			return tie
@@ -309,7 +293,7 @@ func asb0p(self, peer HandshakeSide, policy string) int {
 			return -1
 		}
 		return 0
-	case "discard-least-changes":
+	case ASB0DiscardLeastChanges:
 		return leastChanges(self, peer, tie)
 	}
 	return 0

@@ -238,7 +238,7 @@ func TestDecideHandshakeDiskStatesOverrideGenerations(t *testing.T) {
 			repl: SyncTarget, bits: BitsMerge},
 		{name: "disk states settle a bitmap split brain, which is then not reported",
 			self: alpha(S, U, genSplit[0], 3), peer: bravo(S, I, genSplit[1], 9),
-			pol:  SplitBrainPolicy{After0Pri: policyDisconnect},
+			pol:  SplitBrainPolicy{After0Pri: ASB0Disconnect},
 			repl: SyncSource, bits: BitsMerge, reason: reasonDiskSource, rule: "bitmap-both"},
 		{name: "disk states settle a history-only split brain with a full sync",
 			self: alpha(S, I, genSplitHistory[0], 0), peer: bravo(S, U, genSplitHistory[1], 0),
@@ -279,7 +279,7 @@ func TestDecideHandshakeAfterSplitBrainZeroPrimaries(t *testing.T) {
 	S, U := Secondary, UpToDate
 	pol := func(p string) SplitBrainPolicy {
 		// The 1pri/2pri policies must not matter with 0 primaries.
-		return SplitBrainPolicy{After0Pri: p, After1Pri: policyDiscardSecond, After2Pri: policyViolently}
+		return mustPolicy(p, "discard-secondary", "violently-as0p", "")
 	}
 	sb := func(name string, g [2]Generations, policy string, selfID, peerID int, selfDirty, peerDirty uint64,
 		repl ReplState, reason string) handshakeCase {
@@ -315,7 +315,6 @@ func TestDecideHandshakeAfterSplitBrainZeroPrimaries(t *testing.T) {
 		sb("discard-node-NAME naming us: we are discarded", genSplit, "discard-node-alpha", 0, 1, 90, 1, SyncTarget, reasonAuto0FromPeer),
 		sb("discard-node-NAME naming the peer: the peer is discarded", genSplit, "discard-node-bravo", 0, 1, 1, 90, SyncSource, reasonAuto0FromThis),
 		sb("discard-node-NAME naming neither: unresolved", genSplit, "discard-node-charlie", 0, 1, 1, 90, ReplOff, reasonUnresolved),
-		sb("an unknown policy resolves nothing", genSplit, "discard-everything", 0, 1, 1, 90, ReplOff, reasonUnresolved),
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) { checkHandshake(t, tc) })
@@ -325,7 +324,7 @@ func TestDecideHandshakeAfterSplitBrainZeroPrimaries(t *testing.T) {
 func TestDecideHandshakeAfterSplitBrainOnePrimary(t *testing.T) {
 	S, P, U := Secondary, Primary, UpToDate
 	pol := func(p1, p0 string) SplitBrainPolicy {
-		return SplitBrainPolicy{After0Pri: p0, After1Pri: p1, After2Pri: policyViolently, RRConflict: policyDisconnect}
+		return mustPolicy(p0, p1, "violently-as0p", "disconnect")
 	}
 	cases := []handshakeCase{
 		{name: "disconnect: unresolved even if the 0pri policy could decide",
@@ -357,7 +356,7 @@ func TestDecideHandshakeAfterSplitBrainOnePrimary(t *testing.T) {
 			repl: ReplOff, splitBrain: true, reason: reasonTargetPrimary},
 		{name: "violently-as0p discarding the Primary with rr-conflict violently: still refused, blockrep never makes a Primary SyncTarget",
 			self: alpha(P, U, genSplit[0], 4), peer: bravo(S, U, genSplit[1], 9),
-			pol:  SplitBrainPolicy{After0Pri: policyLeast, After1Pri: policyViolently, RRConflict: rrViolently},
+			pol:  SplitBrainPolicy{After0Pri: ASB0DiscardLeastChanges, After1Pri: ASB1ViolentlyAS0P, RRConflict: RRViolently},
 			repl: ReplOff, splitBrain: true, reason: reasonTargetPrimary},
 	}
 	for _, tc := range cases {
@@ -372,7 +371,7 @@ func TestDecideHandshakeAfterSplitBrainOnePrimary(t *testing.T) {
 func TestDecideHandshakeCallPriLostAfterSBActsAsConsensusWhenTheSecondaryLoses(t *testing.T) {
 	checkHandshake(t, handshakeCase{
 		self: alpha(Primary, UpToDate, genSplit[0], 9), peer: bravo(Secondary, UpToDate, genSplit[1], 4),
-		pol:  SplitBrainPolicy{After0Pri: policyLeast, After1Pri: policyCallPriLostAfter},
+		pol:  SplitBrainPolicy{After0Pri: ASB0DiscardLeastChanges, After1Pri: ASB1CallPriLostAfterSB},
 		repl: SyncSource, bits: BitsMerge, splitBrain: true, reason: reasonAuto1FromThis})
 }
 
@@ -381,15 +380,15 @@ func TestDecideHandshakeAfterSplitBrainTwoPrimaries(t *testing.T) {
 	cases := []handshakeCase{
 		{name: "disconnect: unresolved",
 			self: alpha(P, U, genSplit[0], 9), peer: bravo(P, U, genSplit[1], 4),
-			pol:  SplitBrainPolicy{After0Pri: policyLeast, After1Pri: policyDiscardSecond, After2Pri: policyDisconnect},
+			pol:  SplitBrainPolicy{After0Pri: ASB0DiscardLeastChanges, After1Pri: ASB1DiscardSecondary, After2Pri: ASB2Disconnect},
 			repl: ReplOff, splitBrain: true, reason: reasonUnresolved},
 		{name: "violently-as0p resolves the split brain, but two Primaries may not connect",
 			self: alpha(P, U, genSplit[0], 9), peer: bravo(P, U, genSplit[1], 4),
-			pol:  SplitBrainPolicy{After0Pri: policyLeast, After2Pri: policyViolently, RRConflict: rrViolently},
+			pol:  SplitBrainPolicy{After0Pri: ASB0DiscardLeastChanges, After2Pri: ASB2ViolentlyAS0P, RRConflict: RRViolently},
 			repl: ReplOff, splitBrain: true, reason: reasonBothPrimary},
 		{name: "violently-as0p with a 0pri policy that cannot decide: unresolved",
 			self: alpha(P, U, genSplit[0], 9), peer: bravo(P, U, genSplit[1], 4),
-			pol:  SplitBrainPolicy{After0Pri: policyDisconnect, After2Pri: policyViolently},
+			pol:  SplitBrainPolicy{After0Pri: ASB0Disconnect, After2Pri: ASB2ViolentlyAS0P},
 			repl: ReplOff, splitBrain: true, reason: reasonUnresolved},
 	}
 	for _, tc := range cases {
@@ -402,15 +401,15 @@ func TestDecideHandshakeHistoryOnlySplitBrain(t *testing.T) {
 	cases := []handshakeCase{
 		{name: "after-sb policies do not apply without always-asbp",
 			self: alpha(S, U, genSplitHistory[0], 9), peer: bravo(S, U, genSplitHistory[1], 4),
-			pol:  SplitBrainPolicy{After0Pri: policyLeast},
+			pol:  SplitBrainPolicy{After0Pri: ASB0DiscardLeastChanges},
 			repl: ReplOff, splitBrain: true, reason: reasonUnresolved, rule: "history-both"},
 		{name: "always-asbp applies the 0pri policy, as a full sync",
 			self: alpha(S, U, genSplitHistory[0], 9), peer: bravo(S, U, genSplitHistory[1], 4),
-			pol:  SplitBrainPolicy{After0Pri: policyLeast, AlwaysASBP: true},
+			pol:  SplitBrainPolicy{After0Pri: ASB0DiscardLeastChanges, AlwaysASBP: true},
 			repl: SyncSource, bits: BitsAll, splitBrain: true, reason: reasonAuto0FromThis},
 		{name: "always-asbp applies the 1pri policy, as a full sync",
 			self: alpha(S, U, genSplitHistory[0], 9), peer: bravo(P, U, genSplitHistory[1], 4),
-			pol:  SplitBrainPolicy{After1Pri: policyDiscardSecond, AlwaysASBP: true},
+			pol:  SplitBrainPolicy{After1Pri: ASB1DiscardSecondary, AlwaysASBP: true},
 			repl: SyncTarget, bits: BitsAll, splitBrain: true, reason: reasonAuto1FromPeer},
 		{name: "discard-my-data resolves it manually, as a full sync",
 			self: alpha(S, U, discarding(genSplitHistory[0]), 9), peer: bravo(S, U, genSplitHistory[1], 4),
@@ -435,15 +434,15 @@ func TestDecideHandshakeManualSplitBrainResolution(t *testing.T) {
 			repl: ReplOff, splitBrain: true, reason: reasonUnresolved},
 		{name: "an automatic policy decides before discard-my-data is considered",
 			self: alpha(S, U, discarding(genSplit[0]), 9), peer: bravo(S, U, genSplit[1], 4),
-			pol:  SplitBrainPolicy{After0Pri: policyLeast},
+			pol:  SplitBrainPolicy{After0Pri: ASB0DiscardLeastChanges},
 			repl: SyncSource, bits: BitsMerge, splitBrain: true, reason: reasonAuto0FromThis},
 		{name: "discard-my-data applies when the automatic policy cannot decide",
 			self: alpha(S, U, discarding(genSplit[0]), 9), peer: bravo(S, U, genSplit[1], 4),
-			pol:  SplitBrainPolicy{After0Pri: policyZeroChanges},
+			pol:  SplitBrainPolicy{After0Pri: ASB0DiscardZeroChanges},
 			repl: SyncTarget, bits: BitsMerge, splitBrain: true, reason: reasonManualFromPeer},
 		{name: "discard-my-data on a Primary makes it SyncTarget: rr-conflict",
 			self: alpha(P, U, discarding(genSplit[0]), 9), peer: bravo(S, U, genSplit[1], 4),
-			pol:  SplitBrainPolicy{RRConflict: policyDisconnect},
+			pol:  SplitBrainPolicy{RRConflict: RRDisconnect},
 			repl: ReplOff, splitBrain: true, reason: reasonTargetPrimary},
 	}
 	for _, tc := range cases {
@@ -457,13 +456,13 @@ func TestDecideHandshakeRRConflict(t *testing.T) {
 	for _, rr := range []string{"", "disconnect", "retry-connect", "call-pri-lost"} {
 		cases = append(cases, handshakeCase{name: "rr-conflict " + rr + ": a Primary refuses to become SyncTarget",
 			self: alpha(P, U, genPeerAhead[0], 2), peer: bravo(S, U, genPeerAhead[1], 7),
-			pol:  SplitBrainPolicy{RRConflict: rr},
+			pol:  mustPolicy("", "", "", rr),
 			repl: ReplOff, reason: reasonTargetPrimary})
 	}
 	cases = append(cases,
 		handshakeCase{name: "rr-conflict violently acts as disconnect: a Primary never becomes SyncTarget",
 			self: alpha(P, U, genPeerAhead[0], 2), peer: bravo(S, U, genPeerAhead[1], 7),
-			pol:  SplitBrainPolicy{RRConflict: rrViolently},
+			pol:  SplitBrainPolicy{RRConflict: RRViolently},
 			repl: ReplOff, reason: reasonTargetPrimary},
 		handshakeCase{name: "rr-conflict also when the peer is the Primary that would become SyncTarget",
 			self: alpha(S, U, genSelfAhead[0], 7), peer: bravo(P, U, genSelfAhead[1], 2),
@@ -486,7 +485,7 @@ func TestDecideHandshakeRRConflictEvenWithNoBitsToMove(t *testing.T) {
 	// SyncTarget, so the generations of the two would stay apart. The connection drops.
 	checkHandshake(t, handshakeCase{
 		self: alpha(Primary, UpToDate, genPeerAhead[0], 0), peer: bravo(Secondary, UpToDate, genPeerAhead[1], 0),
-		pol:  SplitBrainPolicy{RRConflict: policyDisconnect},
+		pol:  SplitBrainPolicy{RRConflict: RRDisconnect},
 		repl: ReplOff, reason: reasonTargetPrimary})
 }
 
@@ -512,17 +511,25 @@ func randSide(r *rand.Rand, id int, name string) HandshakeSide {
 		Disk: disks[r.IntN(len(disks))], Dirty: uint64(r.IntN(3))}
 }
 
+// mustPolicy builds a policy from .res values, as the configuration does.
+func mustPolicy(after0, after1, after2, rr string) SplitBrainPolicy {
+	p, err := ParseSplitBrainPolicy(after0, after1, after2, rr, false)
+	if err != nil {
+		panic(err)
+	}
+	return p
+}
+
 func randPolicy(r *rand.Rand) SplitBrainPolicy {
 	oneOf := func(s ...string) string { return s[r.IntN(len(s))] }
-	return SplitBrainPolicy{
-		After0Pri: oneOf("", "disconnect", "discard-younger-primary", "discard-older-primary",
-			"discard-zero-changes", "discard-least-changes", "discard-node-n0", "discard-node-n1",
-			"discard-node-n2", "discard-node-n3"),
-		After1Pri:  oneOf("", "disconnect", "consensus", "discard-secondary", "call-pri-lost-after-sb", "violently-as0p"),
-		After2Pri:  oneOf("", "disconnect", "violently-as0p", "call-pri-lost-after-sb"),
-		AlwaysASBP: r.IntN(2) == 0,
-		RRConflict: oneOf("", "disconnect", "retry-connect", "violently", "call-pri-lost", "auto-discard"),
-	}
+	p := mustPolicy(oneOf("", "disconnect", "discard-younger-primary", "discard-older-primary",
+		"discard-zero-changes", "discard-least-changes", "discard-node-n0", "discard-node-n1",
+		"discard-node-n2", "discard-node-n3"),
+		oneOf("", "disconnect", "consensus", "discard-secondary", "call-pri-lost-after-sb", "violently-as0p"),
+		oneOf("", "disconnect", "violently-as0p", "call-pri-lost-after-sb"),
+		oneOf("", "disconnect", "retry-connect", "violently", "call-pri-lost", "auto-discard"))
+	p.AlwaysASBP = r.IntN(2) == 0
+	return p
 }
 
 // TestDecideHandshakeIsSymmetric: both nodes run DecideHandshake on the same inputs and
@@ -573,7 +580,7 @@ func TestDecideHandshakeIsSymmetric(t *testing.T) {
 			if res.Repl == SyncSource && self.Disk <= Inconsistent {
 				fail("an Inconsistent node became SyncSource")
 			}
-			if res.Repl == SyncTarget && self.Role == Primary && self.Disk >= Consistent && pol.RRConflict != "violently" {
+			if res.Repl == SyncTarget && self.Role == Primary && self.Disk >= Consistent && pol.RRConflict != RRViolently {
 				fail("a Primary became SyncTarget without rr-conflict violently")
 			}
 			// (A diskless Primary is TestDecideHandshakeRefusesTwoPrimariesEvenIfOneIsDiskless.)
@@ -606,7 +613,7 @@ func TestHandshakeOutcomesAreStatesTheEngineAccepts(t *testing.T) {
 		if self.Role == Primary && self.Disk != UpToDate || peer.Role == Primary && peer.Disk != UpToDate {
 			continue // not a state a node can be in (Validate)
 		}
-		pol := SplitBrainPolicy{After0Pri: policyLeast, After1Pri: policyViolently, After2Pri: policyViolently, RRConflict: rrViolently}
+		pol := SplitBrainPolicy{After0Pri: ASB0DiscardLeastChanges, After1Pri: ASB1ViolentlyAS0P, After2Pri: ASB2ViolentlyAS0P, RRConflict: RRViolently}
 		res := DecideHandshake(self, peer, pol)
 		if res.Drop() || self.Disk == Diskless || peer.Disk == Diskless {
 			continue

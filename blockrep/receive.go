@@ -3,7 +3,6 @@ package blockrep
 import (
 	"errors"
 	"fmt"
-	"time"
 
 	"github.com/blockrep/blockrep/transport"
 )
@@ -20,7 +19,7 @@ func (p *Peer) receive(c *transport.Conn) error {
 	for {
 		if !c.Buffered() {
 			b.Flush()
-			p.lastRecv.Store(time.Now().UnixNano())
+			p.heard()
 		}
 		t, payload, err := c.ReadMsg()
 		if err != nil {
@@ -36,6 +35,7 @@ func (p *Peer) receive(c *transport.Conn) error {
 }
 
 func (p *Peer) handle(c *transport.Conn, t transport.MsgType, payload []byte, b *Batch, fl *groupCommit[uint64]) error {
+	v, id := p.v, p.cfg.NodeID
 	switch t {
 	case transport.MsgWrite, transport.MsgTrim, transport.MsgZero:
 		return p.applyData(c, t, payload, b)
@@ -51,7 +51,7 @@ func (p *Peer) handle(c *transport.Conn, t transport.MsgType, payload []byte, b 
 			return nil
 		}
 		b.Flush()
-		p.flushNow(c, []uint64{a.ID}, b)
+		p.ackFlushes(c, []uint64{a.ID}, v.data.Flush())
 		return nil
 	case transport.MsgRecvAck, transport.MsgWriteAck, transport.MsgNegAck, transport.MsgFlushAck, transport.MsgRSAck:
 		return p.gotAck(t, payload, b)
@@ -60,40 +60,40 @@ func (p *Peer) handle(c *transport.Conn, t transport.MsgType, payload []byte, b 
 		if err != nil {
 			return err
 		}
-		return p.resyncFinishedAsTarget(g.Current, g.History)
+		return v.step(EvResyncDone{Peer: id, Current: g.Current, History: g.History, Took: p.rs.elapsed(v.clock.Now())})
 	case transport.MsgNewUUID:
 		g, err := transport.DecodeGeneration(payload)
 		if err != nil {
 			return err
 		}
-		return p.adoptGeneration(g)
+		return v.step(EvPeerNewUUID{Peer: id, Gen: g})
 	case transport.MsgState:
 		s, err := transport.DecodeState(payload)
 		if err != nil {
 			return err
 		}
-		return p.peerStateChanged(Role(s.Role), DiskState(s.Disk))
+		return v.step(EvPeerState{Peer: id, Role: Role(s.Role), Disk: DiskState(s.Disk)})
 	case transport.MsgPromoteReq:
 		a, err := transport.DecodeAck(payload)
 		if err != nil {
 			return err
 		}
-		p.answerPromote(a.ID)
-		return nil
+		return v.step(EvPromoteRequest{Peer: id, ID: a.ID})
 	case transport.MsgSyncRequest:
 		r, err := transport.DecodeSyncRequest(payload)
 		if err != nil {
 			return err
 		}
-		p.answerSyncRequest(c, r)
-		return nil
+		return v.step(EvSyncRequest{Peer: id, ID: r.ID, SenderIsSource: r.SenderIsSource})
 	case transport.MsgPromoteReply, transport.MsgSyncReply:
 		r, err := transport.DecodeReply(payload)
 		if err != nil {
 			return err
 		}
-		if t == transport.MsgSyncReply && r.OK {
-			p.syncAccepted(c, r.ID)
+		if t == transport.MsgSyncReply {
+			if err := p.syncReply(r); err != nil {
+				return err
+			}
 		}
 		if !p.deliverReply(r) {
 			p.log.Debug("reply to no request", "id", r.ID)
@@ -110,11 +110,11 @@ func (p *Peer) handle(c *transport.Conn, t transport.MsgType, payload []byte, b 
 		p.bm.SetRange(int64(d.Off), int64(d.Len))
 		return nil
 	case transport.MsgReadReq:
-		return p.serveRead(c, payload)
+		return p.serveRead(c, payload, b)
 	case transport.MsgReadReply:
 		return p.gotReadReply(payload)
 	case transport.MsgPing:
-		p.queueCtl(transport.MsgPingAck, nil)
+		c.Post(transport.MsgPingAck, nil)
 		return nil
 	case transport.MsgPingAck:
 		return nil
@@ -144,7 +144,7 @@ func (p *Peer) applyData(c *transport.Conn, t transport.MsgType, payload []byte,
 	if err := p.checkRange(d.Off, d.Len); err != nil {
 		return err
 	}
-	if p.v.primary.Load() {
+	if p.v.writable.Load() {
 		return fmt.Errorf("%w: peer sent %s to a Primary", transport.ErrProtocol, t)
 	}
 	if p.cfg.Protocol == ProtocolB && d.Flags&transport.DataFUA == 0 {
@@ -203,10 +203,7 @@ func (p *Peer) applyResync(c *transport.Conn, t transport.MsgType, payload []byt
 		return err
 	}
 	v := p.v
-	v.mu.Lock()
-	disk := v.state.Disk
-	v.mu.Unlock()
-	if disk != Inconsistent {
+	if disk := v.State().Disk; disk != Inconsistent {
 		return fmt.Errorf("%w: resync data for a %s disk", transport.ErrProtocol, disk)
 	}
 	off, n := int64(d.Off), int64(d.Len)
@@ -228,9 +225,7 @@ func (p *Peer) applyResync(c *transport.Conn, t transport.MsgType, payload []byt
 
 func (p *Peer) ack(c *transport.Conn, t transport.MsgType, id uint64, code uint32, b *Batch) {
 	a := transport.Ack{ID: id, Code: code}
-	c.Lock()
-	c.WriteAckLocked(t, &a)
-	c.Unlock()
+	c.QueueAck(t, &a)
 	b.Add(c)
 }
 
@@ -300,110 +295,11 @@ func (p *Peer) gotAck(t transport.MsgType, payload []byte, b *Batch) error {
 	return nil
 }
 
-// submitData sends an application write to the peer, or records it in the bitmap when
-// the peer does not receive writes now. Called from Submit with the gate held shared.
-func (p *Peer) submitData(r *Request, b *Batch, diskless bool) {
-	p.pendMu.Lock()
-	for p.replicating && len(p.pending) >= p.maxPending {
-		// What we queued but did not send yet cannot be acknowledged: send it first,
-		// or the window opens only when a keepalive happens to flush the link.
-		p.pendMu.Unlock()
-		b.Flush()
-		p.pendMu.Lock()
-		if !p.replicating || len(p.pending) < p.maxPending {
-			break
-		}
-		p.pendWaiters++
-		p.pendCond.Wait()
-		p.pendWaiters--
-	}
-	if !p.replicating {
-		p.pendMu.Unlock()
-		p.bm.SetRange(r.Off, r.Len)
-		return
-	}
-	p.nextID++
-	id := p.nextID
-	e := pendEntry{kind: pendData, off: r.Off, n: r.Len}
-	// Without a local disk every peer is a replica the request must wait for.
-	if p.cfg.Protocol != ProtocolA || diskless {
-		e.req = r
-		e.waitRecv = p.cfg.Protocol == ProtocolB && r.Flags&FlagFUA == 0 && !diskless
-		r.eng.parts.Add(1)
-	}
-	p.pending[id] = e
-	c := p.link
-	p.pendMu.Unlock()
-
-	d := transport.Data{ID: id, Off: uint64(r.Off), Len: uint32(r.Len)}
-	if r.Flags&FlagFUA != 0 {
-		d.Flags |= transport.DataFUA
-	}
-	if r.Flags&FlagNoHole != 0 {
-		d.Flags |= transport.DataNoHole
-	}
-	if diskless {
-		d.Flags |= transport.DataNotLocal
-	}
-	var t transport.MsgType
-	var data []byte
-	switch r.Op {
-	case OpWrite:
-		t, data = transport.MsgWrite, r.Data
-	case OpTrim:
-		t = transport.MsgTrim
-	case OpZero:
-		t = transport.MsgZero
-	}
-	c.Lock()
-	c.WriteDataLocked(t, &d, data)
-	c.Unlock()
-	b.Add(c)
-}
-
-// flushLink sends whatever is buffered on the current link.
-func (p *Peer) flushLink() {
-	p.pendMu.Lock()
-	c := p.link
-	p.pendMu.Unlock()
-	if c != nil {
-		c.FlushOut()
-	}
-}
-
-// submitFlush sends a flush to a protocol B/C peer; the request waits for its ack.
-func (p *Peer) submitFlush(r *Request, diskless bool) {
-	if p.cfg.Protocol == ProtocolA && !diskless {
-		return
-	}
-	p.pendMu.Lock()
-	if !p.replicating {
-		p.pendMu.Unlock()
-		return
-	}
-	p.nextID++
-	id := p.nextID
-	p.pending[id] = pendEntry{kind: pendFlush, req: r}
-	r.eng.parts.Add(1)
-	c := p.link
-	p.pendMu.Unlock()
-	a := transport.Ack{ID: id}
-	c.Lock()
-	c.WriteAckLocked(transport.MsgFlush, &a)
-	c.FlushLocked()
-	c.Unlock()
-}
-
 // newPeerFlusher is the peer side of FLUSH: one fdatasync covers every write applied
 // before the Flush arrived (the receive loop applies in order), so flush ids queue while
 // the receive loop goes on, and the acks go out once the sync is done.
 func newPeerFlusher(p *Peer, c *transport.Conn) *groupCommit[uint64] {
 	return newGroupCommit(p.v.data.Flush, func(ids []uint64, err error) { p.ackFlushes(c, ids, err) })
-}
-
-// flushNow does a Flush inline in the receive loop (nothing else is queued) and acks it.
-func (p *Peer) flushNow(c *transport.Conn, ids []uint64, b *Batch) {
-	p.ackFlushes(c, ids, p.v.data.Flush())
 }
 
 func (p *Peer) ackFlushes(c *transport.Conn, ids []uint64, err error) {
@@ -413,243 +309,11 @@ func (p *Peer) ackFlushes(c *transport.Conn, ids []uint64, err error) {
 		p.v.localIOError("flush", 0, err)
 		t, code = transport.MsgNegAck, 1
 	}
-	c.Lock()
 	for _, id := range ids {
 		a := transport.Ack{ID: id, Code: code}
-		c.WriteAckLocked(t, &a)
+		c.QueueAck(t, &a)
 	}
-	c.FlushLocked()
-	c.Unlock()
-}
-
-// adoptGeneration follows the Primary to a new current generation when we hold the
-// generation it replaces (we have all its data).
-func (p *Peer) adoptGeneration(g transport.Generation) error {
-	v := p.v
-	v.mu.Lock()
-	defer v.mu.Unlock()
-	sb := v.meta.Superblock()
-	if mask(sb.Current) != mask(g.Prev) || v.state.Disk != UpToDate {
-		p.log.Warn("not adopting the peer's new generation", "ours", fmt.Sprintf("%016X", sb.Current),
-			"their-previous", fmt.Sprintf("%016X", g.Prev), "disk", v.state.Disk)
-		return nil
-	}
-	diskless := g.Flags&transport.GenSenderDiskless != 0
-	if diskless {
-		// The sender lost its disk: its writes now carry DataNotLocal.
-		v.changeLocked(func(s *State) { s.Peer(p.cfg.NodeID).Disk = Diskless })
-	}
-	return v.meta.Update(func(sb *Superblock) {
-		pushHistory(&sb.History, sb.Current)
-		sb.Current = g.Current
-		if diskless && sb.Peers[p.slot].BitmapUUID == 0 {
-			sb.Peers[p.slot].BitmapUUID = g.Prev
-		}
-	})
-}
-
-func (p *Peer) peerStateChanged(role Role, disk DiskState) error {
-	v := p.v
-	v.mu.Lock()
-	defer v.mu.Unlock()
-	if role == Primary && v.state.Role == Primary {
-		return fmt.Errorf("%w: peer became Primary while we are Primary", transport.ErrProtocol)
-	}
-	wasPrimary := v.state.Peer(p.cfg.NodeID).Role == Primary
-	if err := v.changeLocked(func(s *State) {
-		sp := s.Peer(p.cfg.NodeID)
-		sp.Role, sp.Disk = role, disk
-	}); err != nil {
-		return err
-	}
-	if role == Primary && !wasPrimary {
-		p.primaryAppearedLocked()
-	}
-	if role != Primary && wasPrimary {
-		v.rehandshakeLocked(func(o *Peer) bool { return o.deferred }, "the Primary stepped down: re-deciding the deferred resync")
-	}
-	if disk == UpToDate && p.bothInconsistent {
-		v.rehandshakeLocked(func(o *Peer) bool { return o == p }, "the peer is UpToDate now: re-deciding the resync deferred while both disks were Inconsistent")
-	}
-	return nil
-}
-
-// primaryAppearedLocked: a peer became Primary. A resync between us and another
-// Secondary would now race the Primary's writes: stop it; the Primary resyncs instead.
-func (p *Peer) primaryAppearedLocked() {
-	v := p.v
-	if v.state.Role == Primary {
-		return
-	}
-	v.rehandshakeLocked(func(o *Peer) bool {
-		ps := v.state.Peer(o.cfg.NodeID)
-		return o != p && ps.Role != Primary && (ps.Repl.IsSyncSource() || ps.Repl.IsSyncTarget())
-	}, "a Primary appeared: a resync between Secondaries would race its writes")
-}
-
-// answerPromote grants a peer's promotion unless we are (or are becoming) Primary; of two
-// concurrent promotions the lower node id wins.
-func (p *Peer) answerPromote(id uint64) {
-	v := p.v
-	v.mu.Lock()
-	r := transport.Reply{ID: id, OK: true}
-	switch {
-	case v.state.Role == Primary:
-		r.OK, r.Reason = false, fmt.Sprintf("%s is Primary", v.cfg.NodeName)
-	case v.promoting && v.cfg.NodeID < p.cfg.NodeID:
-		r.OK, r.Reason = false, fmt.Sprintf("%s is becoming Primary", v.cfg.NodeName)
-	default:
-		// Until it tells us otherwise, treat the peer as Primary so we do not promote too.
-		v.changeLocked(func(s *State) { s.Peer(p.cfg.NodeID).Role = Primary })
-		p.primaryAppearedLocked()
-	}
-	v.mu.Unlock()
-	p.queueCtl(transport.MsgPromoteReply, r.Encode())
-}
-
-// answerSyncRequest handles a peer's request for a full resync.
-func (p *Peer) answerSyncRequest(c *transport.Conn, req transport.SyncRequest) {
-	v := p.v
-	reply := transport.Reply{ID: req.ID, OK: true}
-	v.mu.Lock()
-	ps := v.state.Peer(p.cfg.NodeID)
-	switch {
-	case ps.Repl != Established:
-		reply.OK, reply.Reason = false, fmt.Sprintf("replication is %s", ps.Repl)
-	case req.SenderIsSource && v.state.Role == Primary:
-		reply.OK, reply.Reason = false, fmt.Sprintf("%s is Primary", v.cfg.NodeName)
-	case req.SenderIsSource && p.syncTargetOfAnotherLocked():
-		reply.OK, reply.Reason = false, fmt.Sprintf("%s is already SyncTarget of another peer", v.cfg.NodeName)
-	case req.SenderIsSource:
-		// We become SyncTarget: persist Inconsistent before the first block can arrive.
-		p.bm.SetAll()
-		if err := v.markInconsistentLocked(false); err != nil {
-			reply.OK, reply.Reason = false, err.Error()
-			break
-		}
-		v.meta.WriteBitmaps()
-		v.changeLocked(func(s *State) {
-			sp := s.Peer(p.cfg.NodeID)
-			sp.Repl = SyncTarget
-		})
-		p.rs.begin(p.bm.Count())
-	case v.state.Disk != UpToDate:
-		reply.OK, reply.Reason = false, fmt.Sprintf("%s is %s", v.cfg.NodeName, v.state.Disk)
-	default:
-		// The peer invalidated itself: we become SyncSource of everything.
-		p.bm.SetAll()
-		v.meta.WriteBitmaps()
-		v.changeLocked(func(s *State) {
-			sp := s.Peer(p.cfg.NodeID)
-			sp.Repl, sp.Disk = SyncSource, Inconsistent
-		})
-	}
-	startSource := reply.OK && !req.SenderIsSource
-	v.mu.Unlock()
-	p.queueCtl(transport.MsgSyncReply, reply.Encode())
-	if startSource {
-		p.startResyncLater(c)
-	}
-}
-
-// syncAccepted runs in the receiver when the peer accepted our SyncRequest.
-func (p *Peer) syncAccepted(c *transport.Conn, id uint64) {
-	v := p.v
-	v.mu.Lock()
-	ps := v.state.Peer(p.cfg.NodeID)
-	if ps.Repl != Established {
-		v.mu.Unlock()
-		return
-	}
-	source := v.state.Disk == UpToDate
-	if source {
-		p.bm.SetAll()
-		v.meta.WriteBitmaps()
-	}
-	v.changeLocked(func(s *State) {
-		sp := s.Peer(p.cfg.NodeID)
-		if source {
-			sp.Repl, sp.Disk = SyncSource, Inconsistent
-		} else {
-			sp.Repl = SyncTarget
-		}
-	})
-	if !source {
-		p.rs.begin(p.bm.Count())
-	}
-	v.mu.Unlock()
-	if source {
-		p.startResyncLater(c)
-	}
-}
-
-// resyncFinishedAsTarget: every block arrived; take over the source's generation.
-func (p *Peer) resyncFinishedAsTarget(current uint64, history [HistoryLen]uint64) error {
-	v := p.v
-	v.mu.Lock()
-	defer v.mu.Unlock()
-	ps := v.state.Peer(p.cfg.NodeID)
-	if !ps.Repl.IsSyncTarget() {
-		return fmt.Errorf("%w: RSDone while %s", transport.ErrProtocol, ps.Repl)
-	}
-	p.bm.ClearAll()
-	if err := v.meta.WriteBitmaps(); err != nil {
-		return err
-	}
-	err := v.meta.Update(func(sb *Superblock) {
-		// Our data is now the source's: so is its lineage. Keeping our own history
-		// instead would make us look like a branch of it to a third node.
-		sb.History = history
-		sb.Current = current
-		sb.Peers[p.slot].BitmapUUID = 0
-		sb.Peers[p.slot].Flags &^= PeerOutdated
-		// Whatever a crash left uncertain on our disk is now the source's data: no peer
-		// needs a crash resync from us any more (generations say whether one differs).
-		for i := range sb.Peers {
-			sb.Peers[i].Flags &^= PeerResyncPending | PeerCrashedPrimary
-		}
-		sb.Flags |= MDConsistent | MDWasUpToDate
-		sb.Flags &^= MDOutdated
-	})
-	if err != nil {
-		return err
-	}
-	p.log.Info("resync done", "as", "SyncTarget", "bytes", p.rs.bytes.Load(), "took", p.rs.elapsed().Round(time.Millisecond))
-	p.rs.end()
-	if err := v.changeLocked(func(s *State) {
-		s.Disk = UpToDate
-		s.Peer(p.cfg.NodeID).Repl = Established
-	}); err != nil {
-		return err
-	}
-	v.rehandshakeLocked(func(o *Peer) bool { return o.bothInconsistent }, "UpToDate now: re-deciding the resync deferred while both disks were Inconsistent")
-	return nil
-}
-
-func (p *Peer) syncTargetOfAnotherLocked() bool {
-	for _, o := range p.v.peers {
-		if o != p && p.v.state.Peer(o.cfg.NodeID).Repl.IsSyncTarget() {
-			return true
-		}
-	}
-	return false
-}
-
-// sendOutOfSync tells the peer that our own disk misses a range we sent it (the local
-// write failed after the data went out). It precedes any later write to the range.
-func (p *Peer) sendOutOfSync(off, n int64) {
-	p.pendMu.Lock()
-	c := p.link
-	live := p.replicating
-	p.pendMu.Unlock()
-	if !live {
-		return
-	}
-	d := transport.Data{Off: uint64(off), Len: uint32(n)}
-	c.Lock()
-	c.WriteDataLocked(transport.MsgOutOfSync, &d, nil)
-	c.FlushLocked()
-	c.Unlock()
+	c.Flush()
 }
 
 // zeroForResync makes a range read as zeroes without disturbing its allocation: a range

@@ -1,6 +1,9 @@
 package blockrep
 
-import "errors"
+import (
+	"errors"
+	"sync"
+)
 
 // Sentinel errors, errors.Is-able by callers (control socket, NBD server, tests).
 var (
@@ -90,6 +93,39 @@ func (b *Batch) Add(f Flusher) {
 		}
 	}
 	b.pending = append(b.pending, f)
+}
+
+// Wait waits on c (c.L held) after sending what this goroutine queued: nothing it
+// queued may wait for its wake-up. Like sync.Cond.Wait it may return early; callers
+// loop on their condition.
+func (b *Batch) Wait(c *sync.Cond) {
+	if len(b.pending) > 0 {
+		c.L.Unlock()
+		b.Flush()
+		c.L.Lock()
+		return
+	}
+	c.Wait()
+}
+
+// RLock takes m shared, sending what this goroutine queued first if it must wait.
+func (b *Batch) RLock(m *sync.RWMutex) {
+	if m.TryRLock() {
+		return
+	}
+	b.Flush()
+	m.RLock()
+}
+
+// Recv receives from ch, sending what this goroutine queued first if it must wait.
+func (b *Batch) Recv(ch <-chan error) error {
+	select {
+	case err := <-ch:
+		return err
+	default:
+	}
+	b.Flush()
+	return <-ch
 }
 
 // Flush flushes every remembered output and forgets them.

@@ -6,47 +6,55 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/blockrep/blockrep/internal/clock"
 	"github.com/blockrep/blockrep/transport"
 )
 
 const resyncChunk = 1 << 20
 
 // resyncStats tracks one resync (either side) for status, and the source's window of
-// bytes in flight.
+// bytes in flight. Times are the engine clock's.
 type resyncStats struct {
 	mu       sync.Mutex
 	cond     sync.Cond
 	active   bool
 	total    int64 // blocks out of sync when it began (plus any added since)
-	start    time.Time
+	start    time.Duration
 	inflight int64
 	bytes    atomic.Int64 // moved by the current or last resync
-	finished time.Time
+	finished time.Duration
 }
 
-func (r *resyncStats) begin(blocks int64) {
+func (r *resyncStats) begin(now time.Duration, blocks int64) {
 	r.mu.Lock()
-	r.active, r.total, r.start, r.inflight = true, blocks, time.Now(), 0
+	r.active, r.total, r.start, r.inflight = true, blocks, now, 0
 	r.bytes.Store(0)
 	r.mu.Unlock()
 }
 
-func (r *resyncStats) end() {
+func (r *resyncStats) end(now time.Duration) {
 	r.mu.Lock()
 	if r.active {
-		r.active, r.finished = false, time.Now()
+		r.active, r.finished = false, now
 	}
 	r.cond.Broadcast()
 	r.mu.Unlock()
 }
 
-func (r *resyncStats) elapsed() time.Duration {
+// wake makes a resync loop waiting for its window look at its stop channel.
+func (r *resyncStats) wake() {
+	r.mu.Lock()
+	r.cond.Broadcast()
+	r.mu.Unlock()
+}
+
+func (r *resyncStats) elapsed(now time.Duration) time.Duration {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.active {
-		return time.Since(r.start)
+		return now - r.start
 	}
-	return r.finished.Sub(r.start)
+	return r.finished - r.start
 }
 
 func (r *resyncStats) addInflight(n int64) {
@@ -86,7 +94,7 @@ func (r *resyncStats) waitBelow(limit int64, stop chan struct{}) bool {
 }
 
 // progress returns done %, ETA and rate for status.
-func (r *resyncStats) progress(remaining int64, syncing bool) (float64, time.Duration, float64) {
+func (r *resyncStats) progress(now time.Duration, remaining int64, syncing bool) (float64, time.Duration, float64) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if !syncing || !r.active {
@@ -102,7 +110,7 @@ func (r *resyncStats) progress(remaining int64, syncing bool) (float64, time.Dur
 	if r.total > 0 {
 		pct = 100 * float64(r.total-remaining) / float64(r.total)
 	}
-	el := time.Since(r.start).Seconds()
+	el := (now - r.start).Seconds()
 	rate := 0.0
 	if el > 0 {
 		rate = float64(r.bytes.Load()) / el
@@ -116,20 +124,21 @@ func (r *resyncStats) progress(remaining int64, syncing bool) (float64, time.Dur
 
 // rateLimiter is a token bucket: bytes/s with one second of burst. Rate 0 = unlimited.
 type rateLimiter struct {
-	rate   float64
-	tokens float64
-	last   time.Time
+	rate    float64
+	tokens  float64
+	last    time.Duration
+	started bool
 }
 
 // delay reserves n bytes at now and returns how long to wait before sending them.
-func (l *rateLimiter) delay(now time.Time, n int64) time.Duration {
+func (l *rateLimiter) delay(now time.Duration, n int64) time.Duration {
 	if l.rate <= 0 {
 		return 0
 	}
-	if l.last.IsZero() {
-		l.last, l.tokens = now, l.rate/10
+	if !l.started {
+		l.last, l.tokens, l.started = now, l.rate/10, true
 	}
-	l.tokens = min(l.tokens+now.Sub(l.last).Seconds()*l.rate, l.rate)
+	l.tokens = min(l.tokens+(now-l.last).Seconds()*l.rate, l.rate)
 	l.last = now
 	l.tokens -= float64(n)
 	if l.tokens >= 0 {
@@ -151,29 +160,22 @@ func resyncPace(c ResyncConfig) (rateLimiter, int64) {
 	return rateLimiter{rate: float64(c.MaxRate)}, max(c.FillTarget, 4*resyncChunk)
 }
 
-func (p *Peer) startResync(c *transport.Conn, stop chan struct{}, wg *sync.WaitGroup) {
+// startResync starts the SyncSource loop on the live session (the core's StartResync);
+// a session that ended meanwhile starts nothing.
+func (p *Peer) startResync(session uint64) {
 	p.pendMu.Lock()
-	p.sessStop, p.sessWG = stop, wg
+	c, stop, wg := p.link, p.sessStop, p.sessWG
+	live := c != nil && stop != nil && p.sessionNo == session
+	if live {
+		wg.Add(1)
+	}
 	p.pendMu.Unlock()
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		p.resyncLoop(c, stop)
-	}()
-}
-
-// startResyncLater starts a resync on the live session c (after a SyncRequest).
-func (p *Peer) startResyncLater(c *transport.Conn) {
-	p.pendMu.Lock()
-	stop, wg, live := p.sessStop, p.sessWG, p.link == c
-	p.pendMu.Unlock()
-	if !live || stop == nil {
+	if !live {
 		return
 	}
-	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		p.resyncLoop(c, stop)
+		p.resyncLoop(c, stop, session)
 	}()
 }
 
@@ -181,16 +183,17 @@ func (p *Peer) startResyncLater(c *transport.Conn) {
 // the resync done once the bitmap is empty and everything was acknowledged. Each chunk
 // is read and queued while holding its range against application writes, so the two
 // reach the target in the order they happened here.
-func (p *Peer) resyncLoop(c *transport.Conn, stop chan struct{}) {
+func (p *Peer) resyncLoop(c *transport.Conn, stop chan struct{}, session uint64) {
 	v := p.v
-	p.rs.begin(p.bm.Count())
+	clk := v.clock
+	p.rs.begin(clk.Now(), p.bm.Count())
 	p.log.Info("resync started", "as", "SyncSource", "out-of-sync-bytes", p.bm.Count()*BlockSize)
 	lim, window := resyncPace(p.cfg.Resync)
 	buf := make([]byte, resyncChunk)
 	token := new(int)
 	var cursor int64
 	lastApp := v.writtenBytes.Load()
-	lastCheck := time.Now()
+	lastCheck := clk.Now()
 	for {
 		select {
 		case <-stop:
@@ -203,7 +206,10 @@ func (p *Peer) resyncLoop(c *transport.Conn, stop chan struct{}) {
 				return
 			}
 			if p.bm.Count() == 0 {
-				p.resyncFinishedAsSource(c)
+				p.log.Info("resync sent everything", "bytes", p.rs.bytes.Load())
+				if err := v.step(EvResyncFinished{Peer: p.cfg.NodeID, Session: session, Took: p.rs.elapsed(clk.Now())}); err != nil {
+					c.Close()
+				}
 				return
 			}
 			cursor = 0
@@ -215,7 +221,7 @@ func (p *Peer) resyncLoop(c *transport.Conn, stop chan struct{}) {
 
 		// Yield to the application: while it writes, keep one chunk in flight.
 		w := window
-		if now := time.Now(); now.Sub(lastCheck) > 100*time.Millisecond {
+		if now := clk.Now(); now-lastCheck > 100*time.Millisecond {
 			app := v.writtenBytes.Load()
 			if app != lastApp && p.cfg.Resync.MinRate >= 0 {
 				w = resyncChunk
@@ -225,14 +231,8 @@ func (p *Peer) resyncLoop(c *transport.Conn, stop chan struct{}) {
 		if !p.rs.waitBelow(w, stop) {
 			return
 		}
-		if d := lim.delay(time.Now(), n); d > 0 {
-			t := time.NewTimer(d)
-			select {
-			case <-stop:
-				t.Stop()
-				return
-			case <-t.C:
-			}
+		if d := lim.delay(clk.Now(), n); d > 0 && !clock.Sleep(clk, d, stop) {
+			return
 		}
 
 		if !v.conf.acquireUnless(off, n, token, stop) {
@@ -261,53 +261,11 @@ func (p *Peer) resyncLoop(c *transport.Conn, stop chan struct{}) {
 		if isZero(payload) {
 			t, payload = transport.MsgRSZero, nil
 		}
-		c.Lock()
-		c.WriteDataLocked(t, &d, payload)
-		c.FlushLocked()
-		c.Unlock()
+		c.QueueData(t, &d, payload)
+		c.Flush()
 		v.conf.release(token)
 		cursor = blk + nblk
 	}
-}
-
-func (p *Peer) resyncFinishedAsSource(c *transport.Conn) {
-	v := p.v
-	v.mu.Lock()
-	ps := v.state.Peer(p.cfg.NodeID)
-	p.pendMu.Lock()
-	live := p.link == c
-	p.pendMu.Unlock()
-	if !live || !ps.Repl.IsSyncSource() {
-		v.mu.Unlock()
-		return
-	}
-	err := v.meta.Update(func(sb *Superblock) {
-		pushHistory(&sb.History, sb.Peers[p.slot].BitmapUUID)
-		sb.Peers[p.slot].BitmapUUID = 0
-		sb.Peers[p.slot].Flags &^= PeerResyncPending | PeerCrashedPrimary | PeerOutdated
-	})
-	if err == nil {
-		err = v.meta.WriteBitmaps()
-	}
-	sb := v.meta.Superblock()
-	cur, hist := sb.Current, sb.History
-	if err == nil {
-		err = v.changeLocked(func(s *State) {
-			sp := s.Peer(p.cfg.NodeID)
-			sp.Repl, sp.Disk = Established, UpToDate
-		})
-	}
-	v.mu.Unlock()
-	if err != nil {
-		p.log.Error("cannot finish resync", "err", err)
-		c.Close()
-		return
-	}
-	p.log.Info("resync done", "as", "SyncSource", "bytes", p.rs.bytes.Load(), "took", p.rs.elapsed().Round(time.Millisecond))
-	p.rs.end()
-	g := transport.Generation{Current: cur, History: hist}
-	c.Send(transport.MsgRSDone, g.Encode(), nil)
-	go p.unfencePeer()
 }
 
 // isZero reports whether b holds only zero bytes.

@@ -26,12 +26,27 @@ type State struct {
 	Role  Role
 	Disk  DiskState
 	Peers []PeerState
+	// Suspended says why writes are frozen ("fencing"), or "".
+	Suspended string
 }
 
 // Clone returns a deep copy.
 func (s State) Clone() State {
 	s.Peers = append([]PeerState(nil), s.Peers...)
 	return s
+}
+
+// Equal reports whether s and o are the same state.
+func (s State) Equal(o State) bool {
+	if s.Role != o.Role || s.Disk != o.Disk || s.Suspended != o.Suspended || len(s.Peers) != len(o.Peers) {
+		return false
+	}
+	for i := range s.Peers {
+		if s.Peers[i] != o.Peers[i] {
+			return false
+		}
+	}
+	return true
 }
 
 // Peer returns the state of a peer by node id, or nil.
@@ -139,6 +154,9 @@ func Diff(old, new State) []string {
 	if old.Disk != new.Disk {
 		out = append(out, fmt.Sprintf("disk:%s->%s", old.Disk, new.Disk))
 	}
+	if old.Suspended != new.Suspended {
+		out = append(out, fmt.Sprintf("suspended:%s->%s", suspendedName(old.Suspended), suspendedName(new.Suspended)))
+	}
 	for _, np := range new.Peers {
 		op := old.Peer(np.NodeID)
 		if op == nil {
@@ -162,4 +180,11 @@ func Diff(old, new State) []string {
 		}
 	}
 	return out
+}
+
+func suspendedName(s string) string {
+	if s == "" {
+		return "no"
+	}
+	return s
 }

@@ -1,6 +1,7 @@
 package blockrep
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -8,6 +9,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/blockrep/blockrep/internal/clock"
 	"github.com/blockrep/blockrep/transport"
 )
 
@@ -25,12 +27,24 @@ type Config struct {
 	// OpenDevice opens the backing and metadata devices; nil opens files and block
 	// devices through the page cache (OpenFile). Tests use it to inject faults.
 	OpenDevice func(path string) (Device, error)
-	// OnIOError is the policy for a failed local read or write: "detach" (default: stop
-	// using the disk, serve through the peers) or "pass_on" (return the error).
-	OnIOError string
+	// OnIOError is the policy for a failed local read or write.
+	OnIOError IOErrorPolicy
 	// Handlers are DRBD's handlers (fence-peer, unfence-peer) by name: shell commands.
 	Handlers map[string]string
+	// HandlerTimeout bounds a handler's run; a timeout counts as the handler's failure.
+	// 0 means DefaultHandlerTimeout.
+	HandlerTimeout time.Duration
+	// Clock is the engine's time source; nil is the system's monotonic clock.
+	Clock clock.Clock
+	// Dial opens a link to a peer's address; nil dials TCP (tests use an in-memory network).
+	Dial transport.DialFunc
+	// OnChange observes every committed state change, OLD and NEW, in order. It is called
+	// outside the engine's locks and must not block (the event feed buffers).
+	OnChange func(old, new State)
 }
+
+// DefaultHandlerTimeout bounds a handler when the configuration gives no timeout.
+const DefaultHandlerTimeout = 60 * time.Second
 
 // PeerConfig is one connection of the volume.
 type PeerConfig struct {
@@ -52,10 +66,8 @@ type PeerConfig struct {
 	Resync         ResyncConfig
 	// Settings must be equal on both sides; a mismatch refuses the connection.
 	Settings string
-	// Fencing: dont-care (default), resource-only (run fence-peer when the connection
-	// to an UpToDate peer is lost while Primary), resource-and-stonith (also freeze
-	// writes until fence-peer confirms).
-	Fencing string
+	// Fencing: what losing this peer while Primary triggers.
+	Fencing FencingPolicy
 }
 
 // ResyncConfig controls resync speed (DRBD's resync-rate and c-* options, in bytes).
@@ -89,22 +101,25 @@ type Volume struct {
 
 	// gate: Submit holds it shared; handshakes and generation changes hold it
 	// exclusively so that a bitmap or generation snapshot sees no write half-submitted.
-	// Lock order: gate, mu, Peer.pendMu, link write lock.
+	// Lock order: gate, ctl, mu, Peer.pendMu.
 	gate sync.RWMutex
-	// handshaking holds a token while a connection handshakes (peer.go, session).
+	// handshaking holds a token while a connection handshakes (session.go).
 	handshaking chan struct{}
-	primary     atomic.Bool
-	closed      atomic.Bool
+	// writable: Primary writes are accepted (the core's SetWritable).
+	writable atomic.Bool
+	closed   atomic.Bool
 	// diskFailed: the local disk was detached after an I/O error (on-io-error detach);
-	// the volume serves through its peers.
+	// the volume serves through its peers. Set at the error, before the core hears of it.
 	diskFailed atomic.Bool
 	susp       suspension
+	clock      clock.Clock
 
-	mu        sync.Mutex
-	state     State
-	peers     []*Peer
-	promoting bool
-	onChange  func(old, new State)
+	// ctl serializes the control plane: one Step and the execution of its effects at a
+	// time, in order. mu guards core for readers (State, Status, queries).
+	ctl   sync.Mutex
+	mu    sync.Mutex
+	core  *Core
+	peers []*Peer
 
 	// Counters for status.
 	readBytes, writtenBytes atomic.Int64
@@ -255,17 +270,23 @@ func Open(cfg Config) (*Volume, error) {
 		return nil, err
 	}
 	sbNow := v.meta.Superblock()
-	v.state = State{Role: Secondary, Disk: DiskStateFromFlags(sbNow.Flags)}
+	v.clock = cfg.Clock
+	if v.clock == nil {
+		v.clock = clock.System()
+	}
+	var cps []CorePeerConfig
+	for _, pc := range cfg.Peers {
+		cps = append(cps, CorePeerConfig{NodeID: pc.NodeID, Name: pc.Name, Protocol: pc.Protocol, Fencing: pc.Fencing})
+	}
+	v.core = NewCore(cfg.NodeID, cfg.NodeName, cfg.ALUpdates, cps, sbNow, NewUUID)
 	for i := range cfg.Peers {
 		pc := &cfg.Peers[i]
-		p := newPeer(v, *pc, sbNow.Slot(pc.NodeID))
-		v.peers = append(v.peers, p)
-		v.state.Peers = append(v.state.Peers, PeerState{NodeID: pc.NodeID, Name: pc.Name, Conn: StandAlone, Disk: DUnknown})
+		v.peers = append(v.peers, newPeer(v, *pc, sbNow.Slot(pc.NodeID)))
 	}
 	v.handshaking = make(chan struct{}, 1)
 	v.flusher = newFlusher(v)
 	v.overlap = newOverlapper(v.data, 2)
-	log.Info("attached", "disk", cfg.Disk, "size", v.size, "disk-state", v.state.Disk,
+	log.Info("attached", "disk", cfg.Disk, "size", v.size, "disk-state", v.core.State.Disk,
 		"generation", fmt.Sprintf("%016X", sbNow.Current))
 	return v, nil
 }
@@ -382,44 +403,114 @@ func (v *Volume) Close() error {
 	return err
 }
 
-// OnChange registers the observer of committed state changes (events, logs).
-func (v *Volume) OnChange(fn func(old, new State)) {
+// step applies one event to the core and carries out its effects, in order, before the
+// next event's; then the observer hears of the committed change. The caller may hold the
+// gate (lock order: gate, ctl, mu).
+func (v *Volume) step(ev Event) error {
+	v.ctl.Lock()
+	defer v.ctl.Unlock()
 	v.mu.Lock()
-	v.onChange = fn
+	old := v.core.State.Clone()
+	fx, err := v.core.Step(ev)
+	next := v.core.State.Clone()
 	v.mu.Unlock()
+	v.execute(fx)
+	if v.cfg.OnChange != nil && !old.Equal(next) {
+		v.cfg.OnChange(old, next)
+	}
+	return err
 }
 
-// change applies fn to a copy of the state, validates and commits it. Called with v.mu held.
-func (v *Volume) changeLocked(fn func(s *State)) error {
-	old := v.state
-	next := old.Clone()
-	fn(&next)
-	next.Sanitize()
-	if err := Validate(old, next); err != nil {
-		return err
-	}
-	v.state = next
-	if d := Diff(old, next); len(d) > 0 {
-		v.log.Info("state change", "change", d)
-		if v.onChange != nil {
-			v.onChange(old, next.Clone())
+// query reads the core under its lock.
+func query[T any](v *Volume, fn func(c *Core) T) T {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	return fn(v.core)
+}
+
+// execute carries out a step's effects. A failed metadata or data write stops the rest
+// of them (nothing that depends on it may follow) and is a local I/O error.
+func (v *Volume) execute(fx []Effect) {
+	for _, e := range fx {
+		if err := v.do(e); err != nil {
+			v.log.Error("carrying out a state change failed; the rest of it is dropped", "effect", e.String(), "err", err)
+			v.localIOError("metadata", 0, err)
+			return
 		}
 	}
-	// Every peer hears of our role and disk changes, not just the one involved: a
-	// third node must not go on believing a resynced peer is Inconsistent.
-	if old.Role != next.Role || old.Disk != next.Disk {
-		for _, p := range v.peers {
-			p.sendStateLocked()
+}
+
+func (v *Volume) do(e Effect) error {
+	switch e := e.(type) {
+	case Persist:
+		return v.meta.Update(func(sb *Superblock) {
+			sb.Current, sb.History, sb.Flags = e.Meta.Current, e.Meta.History, e.Meta.Flags
+			for i, p := range v.peers {
+				if p.slot >= 0 {
+					sb.Peers[p.slot].BitmapUUID, sb.Peers[p.slot].Flags = e.Meta.Slots[i].BitmapUUID, e.Meta.Slots[i].Flags
+				}
+			}
+		})
+	case FlushData:
+		if v.diskFailed.Load() {
+			return nil
 		}
+		return v.data.Flush()
+	case WriteBitmaps:
+		return v.meta.WriteBitmaps()
+	case Bits:
+		v.peerByID(e.Peer).bits(e.Op, e.From)
+	case Send:
+		v.peerByID(e.Peer).post(e.Type, e.Body.Encode())
+	case CloseLink:
+		v.peerByID(e.Peer).closeLink(e.Reason)
+	case Wake:
+		v.peerByID(e.Peer).wake()
+	case StartResync:
+		v.peerByID(e.Peer).startResync(e.Session)
+	case ResyncStats:
+		p := v.peerByID(e.Peer)
+		if e.Begin {
+			p.rs.begin(v.clock.Now(), p.bm.Count())
+		} else {
+			p.rs.end(v.clock.Now())
+		}
+	case RequestSync:
+		go v.peerByID(e.Peer).requestSync(e.SenderIsSource)
+	case RunHandler:
+		p := v.peerByID(e.Peer)
+		if v.cfg.Handlers[e.Name] == "" && e.Name != "fence-peer" {
+			return nil // optional handlers (unfence-peer) run only when configured
+		}
+		go func() {
+			code, err := p.runHandler(e.Name)
+			v.step(EvHandlerDone{Name: e.Name, Peer: e.Peer, Purpose: e.Purpose, Exit: code, Err: err})
+		}()
+	case Freeze:
+		v.susp.freeze(e.Reason)
+	case Thaw:
+		held := v.susp.thaw()
+		go completeHeld(held) // completing writes may block on NBD clients: not here
+	case SetWritable:
+		v.writable.Store(e.On)
+	case Log:
+		v.log.Log(context.Background(), e.Level, e.Msg, e.Args...)
 	}
 	return nil
 }
 
+func (v *Volume) peerByID(id int) *Peer {
+	for _, p := range v.peers {
+		if p.cfg.NodeID == id {
+			return p
+		}
+	}
+	panic(fmt.Sprintf("blockrep: effect for unknown peer %d", id))
+}
+
 // State returns a copy of the current state.
 func (v *Volume) State() State {
-	v.mu.Lock()
-	defer v.mu.Unlock()
-	return v.state.Clone()
+	return query(v, func(c *Core) State { return c.State.Clone() })
 }
 
 // Size is the exported size in bytes.
@@ -434,7 +525,7 @@ func (v *Volume) Caps() Caps {
 
 // ReadAt reads from the local disk: a Primary's data is UpToDate.
 func (v *Volume) ReadAt(p []byte, off int64) error {
-	if !v.primary.Load() {
+	if !v.writable.Load() {
 		return ErrNotPrimary
 	}
 	if err := CheckRange(off, int64(len(p)), v.size); err != nil {
@@ -452,7 +543,7 @@ func (v *Volume) ReadAt(p []byte, off int64) error {
 
 // Submit is the Primary's write path (see Volume).
 func (v *Volume) Submit(r *Request, b *Batch) {
-	if !v.primary.Load() {
+	if !v.writable.Load() {
 		r.Owner.Complete(r, ErrNotPrimary, b)
 		return
 	}
@@ -463,9 +554,10 @@ func (v *Volume) Submit(r *Request, b *Batch) {
 		}
 	}
 	r.eng.reset(v, r)
-	v.susp.waitThawed()
-	v.gate.RLock()
-	if !v.primary.Load() { // demoted while we waited for the gate
+	// Every wait below goes through b, which sends what this goroutine queued first.
+	v.susp.waitThawed(b)
+	b.RLock(&v.gate)
+	if !v.writable.Load() { // demoted while we waited for the gate
 		v.gate.RUnlock()
 		r.Owner.Complete(r, ErrNotPrimary, b)
 		return
@@ -521,7 +613,7 @@ func (v *Volume) Submit(r *Request, b *Batch) {
 	}
 	var err error
 	if overlapped {
-		err = <-r.eng.applied
+		err = b.Recv(r.eng.applied)
 	} else {
 		err = ApplyTo(v.data, r)
 	}
@@ -626,173 +718,67 @@ func (e *reqEngine) partDone(err error, b *Batch) {
 	r.Owner.Complete(r, final, b)
 }
 
-// Promote makes this node Primary (drbdadm primary [--force]).
+// Promote makes this node Primary (drbdadm primary [--force]). The core decides each
+// phase; between them this fences unreachable peers where the policy asks for it, then
+// asks every connected peer, then commits under the I/O gate.
 func (v *Volume) Promote(force bool) error {
-	v.mu.Lock()
-	if err := CanPromote(v.state, force); err != nil {
-		v.mu.Unlock()
+	switch err := v.step(EvPromote{Force: force}); {
+	case errors.Is(err, errNoop):
+		return nil
+	case err != nil:
 		return err
 	}
-	if v.state.Role == Primary {
-		v.mu.Unlock()
-		return nil
-	}
-	if v.promoting {
-		v.mu.Unlock()
-		return errors.New("a promotion is already in progress")
-	}
-	v.promoting = true
-	v.mu.Unlock()
-	defer func() {
-		v.mu.Lock()
-		v.promoting = false
-		v.mu.Unlock()
-	}()
-
-	// With fencing, a peer we cannot reach must be known Outdated (or fenced now) before
-	// we write without it; --force takes the operator's word for it, as in DRBD.
-	if !force {
-		for _, p := range v.peers {
-			if err := p.fenceBeforePromotion(); err != nil {
-				return err
-			}
-		}
-	}
-	// Cluster-wide phase: every connected peer must agree that it is not Primary.
-	for _, p := range v.peers {
-		if err := p.askPromote(); err != nil {
+	for _, id := range query(v, (*Core).NeedsFence) {
+		p := v.peerByID(id)
+		code, err := p.runHandler("fence-peer")
+		if err := v.step(EvHandlerDone{Name: "fence-peer", Peer: id, Purpose: PurposePromote, Exit: code, Err: err}); err != nil {
 			return err
 		}
 	}
-
+	ask, err := query2(v, (*Core).PromotePeers)
+	if err == nil {
+		for _, id := range ask {
+			if err = v.peerByID(id).askPromote(); err != nil {
+				break
+			}
+		}
+	}
+	if err != nil {
+		return v.step(EvPromoteAbort{Err: err})
+	}
+	if force {
+		// A SyncTarget forced UpToDate abandons its source: whatever that link's receive
+		// loop still applies must land before we are Primary.
+		for _, p := range v.peers {
+			if query(v, func(c *Core) bool { return c.State.Peer(p.cfg.NodeID).Repl.IsSyncTarget() }) {
+				p.stopLink("forced to Primary while SyncTarget", 5*time.Second)
+			}
+		}
+	}
 	v.gate.Lock()
 	defer v.gate.Unlock()
+	return v.step(EvPromoteCommit{})
+}
+
+func query2[T any](v *Volume, fn func(c *Core) (T, error)) (T, error) {
 	v.mu.Lock()
 	defer v.mu.Unlock()
-	if err := CanPromote(v.state, force); err != nil {
-		return err
-	}
-	forced := force && v.state.Disk != UpToDate
-	if forced {
-		// A SyncTarget that is forced UpToDate abandons its resync source.
-		for _, p := range v.peers {
-			if ps := v.state.Peer(p.cfg.NodeID); ps != nil && ps.Repl.IsSyncTarget() {
-				p.dropLink("forced to Primary while SyncTarget")
-			}
-		}
-	}
-	err := v.meta.Update(func(sb *Superblock) {
-		sb.Flags |= MDPrimaryInd
-		// Blocks that may differ after a lost Primary (markPrimaryLossLocked) are
-		// resynced from us now: our data is the truth, so we are not "unclean" any more.
-		// The bits stay; a crashed Primary's own flags stay too.
-		for i := range sb.Peers {
-			if sb.Peers[i].Flags&PeerCrashedPrimary == 0 {
-				sb.Peers[i].Flags &^= PeerResyncPending
-			}
-		}
-		if forced {
-			sb.Flags |= MDConsistent | MDWasUpToDate
-			sb.Flags &^= MDOutdated
-		}
-	})
-	if err != nil {
-		return err
-	}
-	if forced || v.anyPeerBehindLocked() {
-		if err := v.newGenerationLocked(forced, false); err != nil {
-			return err
-		}
-	}
-	err = v.changeLocked(func(s *State) {
-		s.Role = Primary
-		if forced {
-			s.Disk = UpToDate
-		}
-	})
-	if err != nil {
-		return err
-	}
-	v.primary.Store(true)
-	for _, p := range v.peers {
-		if forced {
-			p.startFullSyncAsSourceLocked()
-		}
-	}
-	// Peers whose resync was deferred to a Primary (that is us now), and connected peers
-	// with blocks to resync from us (marked when the last Primary went away).
-	v.rehandshakeLocked(func(o *Peer) bool {
-		return o.deferred || v.state.Peer(o.cfg.NodeID).Repl == Established && o.bm.Count() > 0
-	}, "promoted: resyncing the peers that waited for a Primary")
-	v.log.Info("promoted", "force", force)
-	return nil
-}
-
-// anyPeerBehindLocked reports whether some peer would not receive our writes.
-func (v *Volume) anyPeerBehindLocked() bool {
-	for _, p := range v.peers {
-		if !p.inSyncLocked() {
-			return true
-		}
-	}
-	return false
-}
-
-// newGenerationLocked starts a new current generation: the old one becomes the bitmap
-// generation of every peer that does not have our data (unless its bitmap already
-// started earlier), and in-sync connected peers adopt the new one. Needs gate and mu.
-func (v *Volume) newGenerationLocked(forced, diskless bool) error {
-	sb := v.meta.Superblock()
-	old := sb.Current
-	next := NewUUID()
-	if v.state.Role == Primary || v.promoting {
-		next |= UUIDPrimaryBit
-	}
-	var adopters []*Peer
-	err := v.meta.Update(func(sb *Superblock) {
-		sb.Current = next
-		pushHistory(&sb.History, old)
-		for _, p := range v.peers {
-			if !forced && p.inSyncLocked() {
-				adopters = append(adopters, p)
-				continue
-			}
-			if p.slot >= 0 && sb.Peers[p.slot].BitmapUUID == 0 && mask(old) != UUIDJustCreated {
-				sb.Peers[p.slot].BitmapUUID = old
-			}
-		}
-	})
-	if err != nil {
-		return err
-	}
-	v.log.Info("new current generation", "old", fmt.Sprintf("%016X", old), "new", fmt.Sprintf("%016X", next))
-	var flags uint32
-	if diskless {
-		flags = transport.GenSenderDiskless
-	}
-	for _, p := range adopters {
-		p.sendNewUUID(next, old, flags)
-	}
-	return nil
+	return fn(v.core)
 }
 
 // Demote makes this node Secondary: no new writes, every completed write flushed on
 // the local disk and the peers, then the Primary indicator cleared.
 func (v *Volume) Demote() error {
-	v.mu.Lock()
-	if v.state.Role != Primary {
-		v.mu.Unlock()
+	switch err := v.step(EvDemote{}); {
+	case errors.Is(err, errNoop):
 		return nil
+	case err != nil:
+		return err
 	}
-	v.mu.Unlock()
-	if r := v.Suspended(); r != "" {
-		return refuse(nil, "I/O is suspended (%s): the peer is not confirmed fenced; fix that or run resume-io first", r)
-	}
-	v.primary.Store(false)
-	v.gate.Lock() // waits for submissions in progress
+	// Writers send what they queued before they block (Batch), so nothing in flight sits
+	// unsent; a caller that abandoned its batch unflushed is covered too.
+	v.gate.Lock()
 	defer v.gate.Unlock()
-	// Writes queued by an NBD goroutine that now waits for the gate may sit unsent on a
-	// link, and drain would wait for their acknowledgements until a keepalive.
 	for _, p := range v.peers {
 		p.flushLink()
 	}
@@ -806,21 +792,7 @@ func (v *Volume) Demote() error {
 	} else {
 		err = v.flushAll()
 	}
-	v.mu.Lock()
-	defer v.mu.Unlock()
-	if err != nil {
-		v.primary.Store(true)
-		return fmt.Errorf("flush before demotion failed: %w", err)
-	}
-	if err := v.meta.Update(func(sb *Superblock) { sb.Flags &^= MDPrimaryInd }); err != nil {
-		v.primary.Store(true)
-		return err
-	}
-	if err := v.changeLocked(func(s *State) { s.Role = Secondary }); err != nil {
-		return err
-	}
-	v.log.Info("demoted")
-	return nil
+	return v.step(EvDemoteCommit{FlushErr: err})
 }
 
 // flushAll makes everything written so far durable locally and on every peer.
@@ -838,10 +810,12 @@ func (v *Volume) flushAll() error {
 	} else {
 		v.submitLocalFlush(r)
 	}
+	t := v.clock.NewTimer(30 * time.Second)
+	defer t.Stop()
 	select {
 	case err := <-done:
 		return err
-	case <-time.After(30 * time.Second):
+	case <-t.C():
 		return errors.New("timed out")
 	}
 }
@@ -871,80 +845,12 @@ func (c chanCompleter) Complete(_ *Request, err error, b *Batch) {
 func (v *Volume) Invalidate() error {
 	v.gate.Lock()
 	defer v.gate.Unlock()
-	v.mu.Lock()
-	defer v.mu.Unlock()
-	if v.state.Role == Primary {
-		return refuse(nil, "cannot invalidate a Primary (demote it first)")
-	}
-	for _, ps := range v.state.Peers {
-		if ps.Repl.IsSyncSource() {
-			return refuse(nil, "cannot invalidate while SyncSource to %s", ps.Name)
-		}
-	}
-	var source *Peer
-	for _, p := range v.peers {
-		ps := v.state.Peer(p.cfg.NodeID)
-		if ps.Conn == Connected && ps.Disk == UpToDate && ps.Repl == Established {
-			source = p
-			break
-		}
-	}
-	if err := v.markInconsistentLocked(true); err != nil {
-		return err
-	}
-	if source != nil {
-		source.requestFullSyncAsTargetLocked()
-	}
-	return nil
-}
-
-// markInconsistentLocked persists Inconsistent (before any resync data may arrive);
-// with all, every block is marked out of sync for every peer.
-func (v *Volume) markInconsistentLocked(all bool) error {
-	if all {
-		for _, p := range v.peers {
-			if p.bm != nil {
-				p.bm.SetAll()
-			}
-		}
-		if err := v.meta.WriteBitmaps(); err != nil {
-			return err
-		}
-	}
-	if err := v.meta.Update(func(sb *Superblock) { sb.Flags &^= MDConsistent | MDWasUpToDate }); err != nil {
-		return err
-	}
-	return v.changeLocked(func(s *State) { s.Disk = Inconsistent })
-}
-
-// markUpToDateLocked persists UpToDate.
-func (v *Volume) markUpToDateLocked() error {
-	if v.state.Disk == UpToDate {
-		return nil
-	}
-	if err := v.meta.Update(func(sb *Superblock) {
-		sb.Flags |= MDConsistent | MDWasUpToDate
-		sb.Flags &^= MDOutdated
-	}); err != nil {
-		return err
-	}
-	return v.changeLocked(func(s *State) { s.Disk = UpToDate })
-}
-
-// markOutdatedLocked persists Outdated (a Secondary that lost its Primary gracefully).
-func (v *Volume) markOutdatedLocked() error {
-	if v.state.Disk != UpToDate && v.state.Disk != Consistent {
-		return nil
-	}
-	if err := v.meta.Update(func(sb *Superblock) { sb.Flags |= MDOutdated }); err != nil {
-		return err
-	}
-	return v.changeLocked(func(s *State) { s.Disk = Outdated })
+	return v.step(EvInvalidate{})
 }
 
 // Extents reports holes of the local backing file (block status for NBD clients).
 func (v *Volume) Extents(off, n int64, fn func(off, n int64, hole bool) bool) error {
-	if !v.primary.Load() {
+	if !v.writable.Load() {
 		return ErrNotPrimary
 	}
 	if err := CheckRange(off, n, v.size); err != nil {

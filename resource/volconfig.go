@@ -31,30 +31,37 @@ func volumeConfig(r *config.Resource, node string, log *slog.Logger) (blockrep.C
 	if err != nil {
 		return blockrep.Config{}, err
 	}
+	onIOError, err := blockrep.ParseIOErrorPolicy(r.Disk.OnIOError)
+	if err != nil {
+		return blockrep.Config{}, fmt.Errorf("%s: %v", r.Pos, err)
+	}
 	cfg := blockrep.Config{
 		Resource: r.Name, NodeID: h.NodeID, NodeName: h.Name, Disk: h.Disk, MetaDisk: h.MetaDisk,
 		ALExtents: r.Disk.ALExtents, ALUpdates: r.Disk.ALUpdates, Logger: log,
-		OnIOError: r.Disk.OnIOError, Handlers: r.Handlers,
+		OnIOError: onIOError, Handlers: r.Handlers,
 		OpenDevice: deviceOpener(h),
-	}
-	if cfg.OnIOError == "call-local-io-error" {
-		cfg.OnIOError = "detach" // handlers are not run: detach is the safe part of it
 	}
 	for _, p := range peers {
 		n := &p.Net
 		if p.PeerAddress == "" || p.LocalAddress == "" {
 			return blockrep.Config{}, fmt.Errorf("%s: connection %s - %s has no address", p.Pos, node, p.Host.Name)
 		}
+		pol, err := blockrep.ParseSplitBrainPolicy(n.AfterSB0Pri, n.AfterSB1Pri, n.AfterSB2Pri, n.RRConflict, n.AlwaysASBP)
+		if err != nil {
+			return blockrep.Config{}, fmt.Errorf("%s: %v", p.Pos, err)
+		}
+		fencing, err := blockrep.ParseFencingPolicy(n.Fencing)
+		if err != nil {
+			return blockrep.Config{}, fmt.Errorf("%s: %v", p.Pos, err)
+		}
 		cfg.Peers = append(cfg.Peers, blockrep.PeerConfig{
 			NodeID: p.Host.NodeID, Name: p.Host.Name, Address: p.PeerAddress, LocalAddress: p.LocalAddress,
-			Protocol: n.Protocol, Secret: n.SharedSecret, HMACAlg: n.CramHMACAlg,
-			Policy: blockrep.SplitBrainPolicy{After0Pri: n.AfterSB0Pri, After1Pri: n.AfterSB1Pri,
-				After2Pri: n.AfterSB2Pri, AlwaysASBP: n.AlwaysASBP, RRConflict: n.RRConflict},
+			Protocol: n.Protocol, Secret: n.SharedSecret, HMACAlg: n.CramHMACAlg, Policy: pol,
 			Timeout: n.Timeout, PingInt: n.PingInt, ConnectInt: n.ConnectInt, MaxBuffers: n.MaxBuffers,
 			SndBuf: int(n.SndBufSize), RcvBuf: int(n.RcvBufSize),
 			Resync: blockrep.ResyncConfig{Rate: p.Disk.ResyncRate, PlanAhead: p.Disk.CPlanAhead,
 				FillTarget: p.Disk.CFillTarget, MaxRate: p.Disk.CMaxRate, MinRate: p.Disk.CMinRate},
-			Settings: settings(n), Fencing: n.Fencing,
+			Settings: settings(n), Fencing: fencing,
 		})
 	}
 	return cfg, nil

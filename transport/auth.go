@@ -69,19 +69,23 @@ func nonce() []byte {
 // HandshakeTimeout bounds the hello exchange.
 var HandshakeTimeout = 5 * time.Second
 
-// Dial connects to addr and authenticates as id.LocalID towards id.PeerID.
+// DialFunc opens a connection to addr from local (the local address may be ignored).
+type DialFunc func(ctx context.Context, addr, local string) (net.Conn, error)
+
+// Dial connects to addr over TCP and authenticates as id.LocalID towards id.PeerID.
 func Dial(ctx context.Context, addr string, localAddr string, id Identity) (*Conn, error) {
+	return DialWith(ctx, nil, addr, localAddr, id)
+}
+
+// DialWith is Dial through dial (nil: TCP).
+func DialWith(ctx context.Context, dial DialFunc, addr, localAddr string, id Identity) (*Conn, error) {
 	if _, err := macFunc(id.Alg); err != nil {
 		return nil, err
 	}
-	d := net.Dialer{Timeout: HandshakeTimeout}
-	if localAddr != "" {
-		if la, err := net.ResolveTCPAddr("tcp", localAddr); err == nil {
-			la.Port = 0
-			d.LocalAddr = la
-		}
+	if dial == nil {
+		dial = dialTCP
 	}
-	nc, err := d.DialContext(ctx, "tcp", addr)
+	nc, err := dial(ctx, addr, localAddr)
 	if err != nil {
 		return nil, err
 	}
@@ -91,6 +95,17 @@ func Dial(ctx context.Context, addr string, localAddr string, id Identity) (*Con
 		return nil, err
 	}
 	return c, nil
+}
+
+func dialTCP(ctx context.Context, addr, localAddr string) (net.Conn, error) {
+	d := net.Dialer{Timeout: HandshakeTimeout}
+	if localAddr != "" {
+		if la, err := net.ResolveTCPAddr("tcp", localAddr); err == nil {
+			la.Port = 0
+			d.LocalAddr = la
+		}
+	}
+	return d.DialContext(ctx, "tcp", addr)
 }
 
 func clientHello(nc net.Conn, id Identity) (*Conn, error) {

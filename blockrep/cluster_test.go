@@ -79,12 +79,45 @@ func testClusterWith(t testing.TB, n int, size int64, proto Protocol, adjust fun
 	for _, nd := range nodes {
 		nd.start()
 	}
+	stopWatch := watchUnsent(t)
 	t.Cleanup(func() {
+		stopWatch()
 		for _, nd := range nodes {
 			nd.stop()
 		}
 	})
 	return nodes
+}
+
+// watchUnsent fails the test if a link holds output unsent for over a second: some
+// goroutine queued a message and then blocked without sending it (nothing else
+// would until a keepalive). Every cluster test runs under it.
+func watchUnsent(t testing.TB) (stop func()) {
+	transport.Watch()
+	done := make(chan struct{})
+	var worst time.Duration
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		tick := time.NewTicker(50 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-tick.C:
+				worst = max(worst, transport.Stale())
+			}
+		}
+	}()
+	return func() {
+		close(done)
+		wg.Wait()
+		if worst > time.Second {
+			t.Errorf("a link held unsent output for %v: a goroutine blocked with messages it had queued", worst.Round(time.Millisecond))
+		}
+	}
 }
 
 type testWriter struct{ t testing.TB }

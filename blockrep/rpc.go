@@ -125,3 +125,8 @@ func (v *Volume) Status() (State, []PeerStatus) {
 	}
 	return st, out
 }
+
+// Counters returns the bytes read and written through the volume since it was attached.
+func (v *Volume) Counters() (read, written int64) {
+	return v.readBytes.Load(), v.writtenBytes.Load()
+}

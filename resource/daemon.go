@@ -16,6 +16,7 @@ import (
 	"github.com/blockrep/blockrep/blockrep"
 	"github.com/blockrep/blockrep/blockrep/nbd"
 	"github.com/blockrep/blockrep/fence"
+	"github.com/blockrep/blockrep/internal/feed"
 	"github.com/blockrep/blockrep/resource/config"
 	"github.com/blockrep/blockrep/resource/control"
 	"github.com/blockrep/blockrep/transport"
@@ -37,6 +38,9 @@ type Daemon struct {
 	res   map[string]*running
 	ctl   net.Listener
 	done  chan struct{}
+	// events is the feed of committed changes of every resource: events, and every
+	// other consumer, read it (never the engine's internals).
+	events *feed.Feed[resEvent]
 }
 
 // running is one resource that is up.
@@ -58,6 +62,8 @@ type running struct {
 	exports *nbd.Server
 	expLns  []net.Listener
 	wg      sync.WaitGroup
+
+	eventState
 }
 
 // Run serves until ctx is cancelled, then takes every resource down.
@@ -67,6 +73,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 	}
 	d.res = make(map[string]*running)
 	d.done = make(chan struct{})
+	d.events = feed.New[resEvent](feedSize)
 	if err := os.MkdirAll(d.RunDir, 0o755); err != nil {
 		return err
 	}
@@ -129,6 +136,7 @@ func (d *Daemon) shutdown() {
 			r.log.Error("shutdown", "err", err)
 		}
 		d.set(name, nil)
+		r.publish(true)
 	}
 	d.Log.Info("blockrepd stopped")
 }
@@ -183,6 +191,10 @@ func (d *Daemon) serveControl(c net.Conn) {
 	var req control.Request
 	if err := json.NewDecoder(c).Decode(&req); err != nil {
 		json.NewEncoder(c).Encode(control.Response{Error: "malformed request: " + err.Error(), Code: control.CodeUsage})
+		return
+	}
+	if req.Verb == "events" {
+		d.streamEvents(c, req)
 		return
 	}
 	resp := d.handle(req)
@@ -280,6 +292,9 @@ func (d *Daemon) do(req control.Request, name string) error {
 			return err
 		}
 		d.set(name, r)
+		r.publish(false)
+		r.stop = make(chan struct{})
+		go r.watchProgress(r.stop)
 		return nil
 	}
 	if r == nil {
@@ -297,10 +312,13 @@ func (d *Daemon) do(req control.Request, name string) error {
 			return err
 		}
 		d.set(name, nil)
+		r.publish(true)
 		return nil
 	case "attach":
+		defer r.publish(false)
 		return r.attach()
 	case "detach":
+		defer r.publish(false)
 		return r.detach()
 	case "connect":
 		if r.vol == nil {
@@ -383,6 +401,8 @@ func (d *Daemon) up(name string) (*running, error) {
 		}
 	}
 	r := &running{d: d, cfg: res, host: host, vcfg: vcfg, log: log, wanted: true}
+	r.vcfg.OnChange = r.onChange
+	vcfg = r.vcfg
 	if d.FaultInjection {
 		r.vcfg.OpenDevice = r.openFaulty
 		vcfg = r.vcfg
@@ -395,7 +415,7 @@ func (d *Daemon) up(name string) (*running, error) {
 		return nil, err
 	}
 	if err := r.vol.Connect(-1, false); err != nil {
-		r.stop()
+		r.stopListening()
 		r.vol.Close()
 		return nil, err
 	}
@@ -422,14 +442,14 @@ func (r *running) listen() error {
 	uln, err := net.Listen("unix", path)
 	syscall.Umask(old)
 	if err != nil {
-		r.stop()
+		r.stopListening()
 		return fmt.Errorf("%s: export socket: %w", name, err)
 	}
 	r.expLns = append(r.expLns, uln)
 	if r.host.Export != "" {
 		tln, err := net.Listen("tcp", r.host.Export)
 		if err != nil {
-			r.stop()
+			r.stopListening()
 			return fmt.Errorf("%s: export on %s: %w", name, r.host.Export, err)
 		}
 		r.expLns = append(r.expLns, tln)
@@ -525,7 +545,7 @@ func (r *running) down(force bool) error {
 		}
 		r.vol.Disconnect(-1)
 	}
-	r.stop()
+	r.stopListening()
 	if vol := r.vol; vol != nil {
 		r.setVolume(nil)
 		if err := vol.Close(); err != nil {
@@ -536,7 +556,14 @@ func (r *running) down(force bool) error {
 	return nil
 }
 
-func (r *running) stop() {
+func (r *running) stopListening() {
+	if r.stop != nil {
+		select {
+		case <-r.stop:
+		default:
+			close(r.stop)
+		}
+	}
 	if r.peerLn != nil {
 		r.peerLn.Close()
 	}
@@ -630,6 +657,7 @@ func (r *running) status() control.ResourceStatus {
 	}
 	st, peers := vol.Status()
 	rs.Role, rs.Disk, rs.SizeBytes = st.Role.String(), st.Disk.String(), vol.Size()
+	rs.ReadBytes, rs.WrittenBytes = vol.Counters()
 	rs.DiskFailed = vol.DiskFailed()
 	rs.Suspended = vol.Suspended()
 	for _, p := range peers {

@@ -75,7 +75,7 @@ func (r *running) doShared(req control.Request) error {
 		if n := r.exports.Clients(r.cfg.Name); n > 0 && !req.Force {
 			return &blockrep.StateError{Msg: fmt.Sprintf("%s: device is held open by %d NBD client(s)", r.cfg.Name, n)}
 		}
-		r.stop()
+		r.stopListening()
 		err := sh.Close(ctx)
 		r.d.set(r.cfg.Name, nil)
 		r.log.Info("down")

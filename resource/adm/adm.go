@@ -143,8 +143,18 @@ func commands() []*cli.Command {
 			Name: "dump", Usage: "print the normalized configuration", ArgsUsage: "RESOURCE|all",
 			Action: dump,
 		},
+		{
+			Name: "events", Usage: "stream state changes (drbdsetup events2 format)", ArgsUsage: "RESOURCE|all",
+			Flags: []cli.Flag{
+				&cli.BoolFlag{Name: "now", Usage: "print the current state (exists lines) and exit"},
+				&cli.BoolFlag{Name: "timestamps", Usage: "prefix every line with its time"},
+				&cli.BoolFlag{Name: "statistics", Usage: "include counters (KiB read, written, out of sync)"},
+				&cli.BoolFlag{Name: "json", Usage: "one JSON object per line"},
+			},
+			Action: events,
+		},
 		reserved("verify"), reserved("pause-sync"), reserved("resume-sync"), reserved("adjust"),
-		reserved("events"), reserved("invalidate-remote"),
+		reserved("invalidate-remote"),
 	}
 }
 
@@ -167,6 +177,23 @@ func status(c *cli.Context) error {
 	}
 	control.FormatStatus(c.App.Writer, resp.Status)
 	return nil
+}
+
+func events(c *cli.Context) error {
+	res, err := resourceArg(c)
+	if err != nil {
+		return err
+	}
+	enc := json.NewEncoder(c.App.Writer)
+	ts := c.Bool("timestamps")
+	req := control.Request{Resource: res, Now: c.Bool("now"), Statistics: c.Bool("statistics")}
+	return client(c).Events(req, func(l control.EventLine) error {
+		if c.Bool("json") {
+			return enc.Encode(l)
+		}
+		_, err := fmt.Fprintln(c.App.Writer, l.Format(ts))
+		return err
+	})
 }
 
 func resourcesOf(c *cli.Context) (*config.Config, []string, error) {

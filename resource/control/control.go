@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"path/filepath"
@@ -48,6 +49,10 @@ type Request struct {
 	Fault string `json:"fault,omitempty"`
 	// Plug names the node a fence verb acts on (fence-off, fence-on, fence-status).
 	Plug string `json:"plug,omitempty"`
+	// Now and Statistics are the events verb's flags: stop after the initial dump;
+	// include counters.
+	Now        bool `json:"now,omitempty"`
+	Statistics bool `json:"statistics,omitempty"`
 }
 
 // Exit codes, after drbdsetup's where it has one.
@@ -82,6 +87,9 @@ type ResourceStatus struct {
 	Disk      string `json:"disk"`
 	SizeBytes int64  `json:"size_bytes"`
 	Clients   int    `json:"export_clients"`
+	// Bytes read and written through the export since the disk was attached.
+	ReadBytes    int64 `json:"read_bytes"`
+	WrittenBytes int64 `json:"written_bytes"`
 	// DiskFailed: the local disk was detached after an I/O error (on-io-error detach).
 	DiskFailed bool `json:"disk_failed,omitempty"`
 	// Suspended says why writes are frozen: "fencing" (waiting for fence-peer), "fenced"
@@ -163,6 +171,45 @@ func (c *Client) Do(req Request) (*Response, error) {
 		return &resp, &Error{Msg: resp.Error, Code: code}
 	}
 	return &resp, nil
+}
+
+// Events runs the events verb: it sends req and calls fn for every line the daemon
+// streams until fn returns an error, the daemon ends the stream (after the initial dump
+// with req.Now), or the connection fails. A refused request is an *Error.
+func (c *Client) Events(req Request, fn func(EventLine) error) error {
+	conn, err := net.DialTimeout("unix", c.Socket, 5*time.Second)
+	if err != nil {
+		return fmt.Errorf("%w (%s: %v)", ErrNoDaemon, c.Socket, unwrapSyscall(err))
+	}
+	defer conn.Close()
+	req.Verb = "events"
+	if err := json.NewEncoder(conn).Encode(req); err != nil {
+		return err
+	}
+	dec := json.NewDecoder(bufio.NewReader(conn))
+	var resp Response
+	if err := dec.Decode(&resp); err != nil {
+		return fmt.Errorf("reading the daemon's answer: %w", err)
+	}
+	if !resp.OK {
+		code := resp.Code
+		if code == 0 {
+			code = CodeOther
+		}
+		return &Error{Msg: resp.Error, Code: code}
+	}
+	for {
+		var l EventLine
+		if err := dec.Decode(&l); err != nil {
+			if errors.Is(err, io.EOF) {
+				return nil
+			}
+			return fmt.Errorf("reading events: %w", err)
+		}
+		if err := fn(l); err != nil {
+			return err
+		}
+	}
 }
 
 func unwrapSyscall(err error) error {

@@ -64,6 +64,7 @@ type conn struct {
 
 	mu       sync.Mutex
 	bw       *bufio.Writer
+	flushes  atomic.Uint64 // for the unsent-output watch
 	scratch  [32]byte
 	free     []*blockrep.Request
 	inflight int
@@ -111,6 +112,8 @@ func (c *conn) setExport(exp *Export, requested string) {
 }
 
 func (c *conn) serve() {
+	watch(c)
+	defer unwatch(c)
 	if err := c.negotiate(); err != nil {
 		if err != errHangUp && !isClosed(err) {
 			c.log.Debug("nbd: handshake ended", "err", err)
@@ -178,6 +181,7 @@ func (c *conn) fail() {
 
 // FlushOut sends buffered replies; a Batch calls it once its goroutine's input drained.
 func (c *conn) FlushOut() {
+	c.flushes.Add(1)
 	c.mu.Lock()
 	if c.bw.Flush() != nil {
 		c.fail()

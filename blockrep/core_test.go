@@ -4,6 +4,9 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"regexp"
 	"reflect"
 	"strconv"
 	"strings"
@@ -409,5 +412,52 @@ func randomEvent(r *rand.Rand, c *Core) Event {
 		return EvResumeIO{}
 	default:
 		return EvPeerNewUUID{Peer: peer, Gen: transport.Generation{Current: c.Meta.Current + 16, Prev: c.Meta.Current}}
+	}
+}
+
+// TestTranscriptsCoverEveryEvent keeps the transcripts complete: every event kind the
+// core knows appears in at least one of them.
+func TestTranscriptsCoverEveryEvent(t *testing.T) {
+	commands := map[string]string{ // transcript command → event
+		"connect": "EvConnect", "disconnect": "EvDisconnect", "promote": "EvPromote",
+		"promote-abort": "EvPromoteAbort", "promote-commit": "EvPromoteCommit", "demote": "EvDemote",
+		"demote-commit": "EvDemoteCommit", "invalidate": "EvInvalidate", "resume-io": "EvResumeIO",
+		"disk-failed": "EvDiskFailed", "handler-done": "EvHandlerDone", "handshake": "EvHandshake",
+		"session-up": "EvSessionUp", "link-down": "EvLinkDown", "session-ended": "EvSessionEnded",
+		"peer-state": "EvPeerState", "peer-new-uuid": "EvPeerNewUUID", "promote-request": "EvPromoteRequest",
+		"sync-request": "EvSyncRequest", "sync-reply": "EvSyncReply", "resync-done": "EvResyncDone",
+		"resync-finished": "EvResyncFinished",
+	}
+	seen := map[string]bool{}
+	files, _ := filepath.Glob("testdata/core/*.txt")
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, line := range strings.Split(string(b), "\n") {
+			if w := strings.Fields(line); len(w) > 0 {
+				seen[w[0]] = true
+			}
+		}
+	}
+	for cmd, ev := range commands {
+		if !seen[cmd] {
+			t.Errorf("no transcript applies %s (command %q)", ev, cmd)
+		}
+	}
+	// And the map names every event type there is.
+	src, err := os.ReadFile("core_events.go")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range regexp.MustCompile(`(?m)^type (Ev\w+) struct`).FindAllStringSubmatch(string(src), -1) {
+		found := false
+		for _, ev := range commands {
+			found = found || ev == m[1]
+		}
+		if !found {
+			t.Errorf("event %s has no transcript command", m[1])
+		}
 	}
 }

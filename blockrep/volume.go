@@ -848,7 +848,8 @@ func (v *Volume) Invalidate() error {
 	return v.step(EvInvalidate{})
 }
 
-// Extents reports holes of the local backing file (block status for NBD clients).
+// Extents reports holes of the local backing file (block status for NBD clients), or
+// everything as data once the disk is detached.
 func (v *Volume) Extents(off, n int64, fn func(off, n int64, hole bool) bool) error {
 	if !v.writable.Load() {
 		return ErrNotPrimary
@@ -856,7 +857,9 @@ func (v *Volume) Extents(off, n int64, fn func(off, n int64, hole bool) bool) er
 	if err := CheckRange(off, n, v.size); err != nil {
 		return err
 	}
-	if m, ok := v.dev.(ExtentMapper); ok {
+	// A detached disk no longer describes the data (what was written through the peers
+	// since would look like holes): everything is data then.
+	if m, ok := v.dev.(ExtentMapper); ok && !v.diskFailed.Load() {
 		return m.Extents(off, n, fn)
 	}
 	fn(off, n, false)

@@ -31,6 +31,8 @@ type Core struct {
 	PromoteForce bool
 	// DiskFailed: the local disk was detached after an I/O error (on-io-error detach).
 	DiskFailed bool
+	// Quorum is the resource's quorum policy; State.NoQuorum follows it after every step.
+	Quorum QuorumPolicy
 	// NewUUID draws generation identifiers (random in production, a counter in tests).
 	NewUUID func() uint64
 
@@ -91,8 +93,8 @@ type CorePeerConfig struct {
 
 // NewCore is the core of a freshly attached volume: Secondary, every peer StandAlone,
 // the disk state and generations from the superblock.
-func NewCore(nodeID int, name string, alUpdates bool, peers []CorePeerConfig, sb Superblock, newUUID func() uint64) *Core {
-	c := &Core{NodeID: nodeID, Name: name, ALUpdates: alUpdates, NewUUID: newUUID,
+func NewCore(nodeID int, name string, alUpdates bool, quorum QuorumPolicy, peers []CorePeerConfig, sb Superblock, newUUID func() uint64) *Core {
+	c := &Core{NodeID: nodeID, Name: name, ALUpdates: alUpdates, NewUUID: newUUID, Quorum: quorum,
 		State: State{Role: Secondary, Disk: DiskStateFromFlags(sb.Flags)},
 		Meta:  MetaState{Current: sb.Current, History: sb.History, Flags: sb.Flags}}
 	for _, pc := range peers {
@@ -104,6 +106,7 @@ func NewCore(nodeID int, name string, alUpdates bool, peers []CorePeerConfig, sb
 		}
 		c.Meta.Slots = append(c.Meta.Slots, slot)
 	}
+	c.State.NoQuorum = !c.hasQuorum()
 	return c
 }
 
@@ -113,6 +116,7 @@ func NewCore(nodeID int, name string, alUpdates bool, peers []CorePeerConfig, sb
 func (c *Core) Step(ev Event) ([]Effect, error) {
 	c.fx = nil
 	err := ev.apply(c)
+	c.followQuorum()
 	fx := c.fx
 	c.fx = nil
 	return fx, err
@@ -356,3 +360,62 @@ func (c *Core) Readable(nodeID int) bool {
 	ps := c.ps(i)
 	return ps.Conn == Connected && ps.Repl == Established && ps.Disk == UpToDate
 }
+
+// hasQuorum counts the resource's nodes this node sees, itself included, against the
+// policy (DRBD's calc_quorum): a majority (or all, or N) of the voters must be present.
+// When every absent peer is known Outdated (it left gracefully, or was fenced), only the
+// present nodes vote: a node whose peers all stepped down keeps quorum.
+func (c *Core) hasQuorum() bool {
+	if c.Quorum.Need == QuorumOff {
+		return true
+	}
+	present, voters, unknownAbsent := 1, 1, false
+	for i := range c.Peers {
+		voters++
+		if c.ps(i).Conn == Connected {
+			present++
+		} else if c.Meta.Slots[i].Flags&PeerOutdated == 0 {
+			unknownAbsent = true
+		}
+	}
+	if !unknownAbsent {
+		voters = present
+	}
+	need := c.Quorum.Need
+	switch need {
+	case QuorumMajority:
+		need = voters/2 + 1
+	case QuorumAll:
+		need = voters
+	}
+	return present >= need
+}
+
+// followQuorum commits a change of quorum after every step. A Primary that loses it
+// stops taking writes the majority may never see: it fails them (io-error) or freezes
+// them (suspend-io) until quorum returns.
+func (c *Core) followQuorum() {
+	lost := !c.hasQuorum()
+	if lost == c.State.NoQuorum {
+		return
+	}
+	c.mustChange(func(s *State) { s.NoQuorum = lost })
+	if lost {
+		c.log(slog.LevelWarn, "quorum lost")
+	} else {
+		c.log(slog.LevelInfo, "quorum regained")
+	}
+	if c.Quorum.IOError {
+		c.emit(QuorumIO{Fail: lost && c.State.Role == Primary})
+		return
+	}
+	switch {
+	case lost && c.State.Role == Primary && c.State.Suspended == "":
+		c.mustChange(func(s *State) { s.Suspended = suspendQuorum })
+		c.emit(Freeze{Reason: suspendQuorum})
+	case !lost && c.State.Suspended == suspendQuorum:
+		c.thaw()
+	}
+}
+
+const suspendQuorum = "quorum"

@@ -117,6 +117,10 @@ type Thaw struct{}
 // while it is open.
 type SetWritable struct{ On bool }
 
+// QuorumIO makes a Primary fail new writes with ErrNoQuorum (Fail) or accept them again:
+// on-no-quorum io-error.
+type QuorumIO struct{ Fail bool }
+
 // Log is a log line about a decision.
 type Log struct {
 	Level slog.Level
@@ -138,6 +142,7 @@ func (RunHandler) effect()   {}
 func (Freeze) effect()       {}
 func (Thaw) effect()         {}
 func (SetWritable) effect()  {}
+func (QuorumIO) effect()     {}
 func (Log) effect()          {}
 
 func (e Persist) String() string {
@@ -184,6 +189,7 @@ func (e RunHandler) String() string {
 func (e Freeze) String() string      { return fmt.Sprintf("freeze %q", e.Reason) }
 func (Thaw) String() string          { return "thaw" }
 func (e SetWritable) String() string { return fmt.Sprintf("set-writable %t", e.On) }
+func (e QuorumIO) String() string    { return fmt.Sprintf("quorum-io fail=%t", e.Fail) }
 func (e Log) String() string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "log %s %q", e.Level, e.Msg)

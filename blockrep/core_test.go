@@ -73,6 +73,7 @@ func initCore(t *testing.T, d *datadriven.TestData) *Core {
 	}
 	peers := []CorePeerConfig{{NodeID: 1, Name: "beta"}}
 	al := true
+	var quorum QuorumPolicy
 	for _, a := range d.CmdArgs {
 		v := ""
 		if len(a.Vals) > 0 {
@@ -107,6 +108,12 @@ func initCore(t *testing.T, d *datadriven.TestData) *Core {
 			sb.Current, _ = strconv.ParseUint(v, 10, 64)
 		case "al-updates":
 			al = v != "false"
+		case "quorum":
+			var err error
+			if quorum, err = ParseQuorumPolicy(v, argStr(t, d, "on-no-quorum", "")); err != nil {
+				t.Fatal(err)
+			}
+		case "on-no-quorum":
 		default:
 			t.Fatalf("init: unknown argument %s", a.Key)
 		}
@@ -114,7 +121,7 @@ func initCore(t *testing.T, d *datadriven.TestData) *Core {
 	for i, p := range peers {
 		sb.Peers[i].NodeID = p.NodeID
 	}
-	return NewCore(0, "alpha", al, peers, sb, counterUUID())
+	return NewCore(0, "alpha", al, quorum, peers, sb, counterUUID())
 }
 
 func nodeName(id int) string {
@@ -262,6 +269,9 @@ func (c *Core) describe() string {
 	if s.Suspended != "" {
 		fmt.Fprintf(&b, " suspended:%s", s.Suspended)
 	}
+	if s.NoQuorum {
+		b.WriteString(" quorum:no")
+	}
 	if c.Promoting {
 		b.WriteString(" promoting")
 	}
@@ -309,7 +319,8 @@ func TestCoreRandomWalk(t *testing.T) {
 		}
 		sb.Peers[0].NodeID, sb.Peers[1].NodeID = 1, 2
 		pol := []FencingPolicy{FencingDontCare, FencingResourceOnly, FencingResourceAndStonith}[r.IntN(3)]
-		c := NewCore(0, "alpha", true, []CorePeerConfig{{NodeID: 1, Name: "beta", Fencing: pol}, {NodeID: 2, Name: "gamma", Fencing: pol}}, sb, counterUUID())
+		q := []QuorumPolicy{{}, {Need: QuorumMajority}, {Need: QuorumMajority, IOError: true}}[r.IntN(3)]
+		c := NewCore(0, "alpha", true, q, []CorePeerConfig{{NodeID: 1, Name: "beta", Fencing: pol}, {NodeID: 2, Name: "gamma", Fencing: pol}}, sb, counterUUID())
 		for step := 0; step < 60; step++ {
 			ev := randomEvent(r, c)
 			before := c.Clone()

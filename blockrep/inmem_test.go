@@ -25,6 +25,10 @@ type memCluster struct {
 }
 
 func newMemCluster(t *testing.T, n int, size int64, proto Protocol) *memCluster {
+	return newMemClusterWith(t, n, size, proto, nil)
+}
+
+func newMemClusterWith(t *testing.T, n int, size int64, proto Protocol, adjust func(cfg *Config)) *memCluster {
 	m := &memCluster{t: t, net: transport.NewNetwork(), clock: clock.NewFake(time.Hour)}
 	dir := t.TempDir()
 	for i := 0; i < n; i++ {
@@ -45,6 +49,9 @@ func newMemCluster(t *testing.T, n int, size int64, proto Protocol) *memCluster 
 			cfg.Peers = append(cfg.Peers, PeerConfig{NodeID: j, Name: nodeName(j), Address: nodeName(j), LocalAddress: nodeName(i),
 				Protocol: proto, Secret: "s3cret", ConnectInt: time.Second, PingInt: time.Second, Timeout: 2 * time.Second,
 				Settings: "p", Resync: ResyncConfig{PlanAhead: 2 * time.Second, FillTarget: 4 << 20}})
+		}
+		if adjust != nil {
+			adjust(&cfg)
 		}
 		if _, err := CreateMD(cfg, 0, false); err != nil {
 			t.Fatal(err)
@@ -169,5 +176,38 @@ func TestKeepaliveOnTheEngineClock(t *testing.T) {
 	m.advanceUntil("resynced after healing", func() bool { return m.inSync(0, 1) && m.inSync(1, 0) })
 	if n := m.vols[0].peers[0].bm.Count(); n != 0 {
 		t.Fatalf("%d blocks still out of sync", n)
+	}
+}
+
+// TestIsolatedPrimaryLosesQuorum: three nodes, quorum majority, on-no-quorum io-error.
+// A Primary cut off from both peers fails new writes once the keepalive notices (the
+// majority may never see them), and takes writes again when a peer is back.
+func TestIsolatedPrimaryLosesQuorum(t *testing.T) {
+	m := newMemClusterWith(t, 3, 16<<20, ProtocolC, func(cfg *Config) {
+		cfg.Quorum = QuorumPolicy{Need: QuorumMajority, IOError: true}
+	})
+	m.advanceUntil("connected", func() bool {
+		return m.conn(0, 1) == Connected && m.conn(0, 2) == Connected && m.conn(1, 2) == Connected
+	})
+	if err := m.vols[0].Promote(true); err != nil {
+		t.Fatal(err)
+	}
+	m.advanceUntil("in sync", func() bool { return m.inSync(0, 1) && m.inSync(0, 2) })
+	if err := submit(t, m.vols[0], OpWrite, 0, randBytes(4096), 0, 0); err != nil {
+		t.Fatal(err)
+	}
+	m.net.Partition("alpha", "beta")
+	m.net.Partition("alpha", "gamma")
+	m.advanceUntil("quorum lost", func() bool { return m.vols[0].State().NoQuorum })
+	if err := submit(t, m.vols[0], OpWrite, 0, randBytes(4096), 0, 0); !errors.Is(err, ErrNoQuorum) {
+		t.Fatalf("write without quorum: %v, want ErrNoQuorum", err)
+	}
+	// The two others still see each other (after re-deciding what the lost Primary's
+	// last writes touched): they have quorum.
+	m.advanceUntil("beta with gamma has quorum", func() bool { return !m.vols[1].State().NoQuorum && m.conn(1, 2) == Connected })
+	m.net.Heal("alpha", "beta")
+	m.advanceUntil("quorum back", func() bool { return !m.vols[0].State().NoQuorum })
+	if err := submit(t, m.vols[0], OpWrite, 0, randBytes(4096), 0, 0); err != nil {
+		t.Fatalf("write with quorum back: %v", err)
 	}
 }

@@ -2,6 +2,7 @@ package blockrep
 
 import (
 	"fmt"
+	"strconv"
 	"strings"
 )
 
@@ -156,4 +157,49 @@ func parseEnum[T ~uint8](what, s string, names []string) (T, error) {
 		}
 	}
 	return 0, fmt.Errorf("unknown %s %q (want one of %s)", what, s, strings.Join(names, ", "))
+}
+
+// QuorumPolicy is DRBD's options { quorum …; on-no-quorum …; }: a node has quorum when
+// it sees enough of the resource's nodes, itself included.
+type QuorumPolicy struct {
+	// Need is how many nodes must be present: 0 = quorum off, -1 = a majority,
+	// -2 = all of them, else that number.
+	Need int
+	// IOError: without quorum a Primary fails new writes (on-no-quorum io-error);
+	// otherwise it freezes them until quorum returns (suspend-io, DRBD's default).
+	IOError bool
+}
+
+// Quorum modes for QuorumPolicy.Need.
+const (
+	QuorumOff      = 0
+	QuorumMajority = -1
+	QuorumAll      = -2
+)
+
+// ParseQuorumPolicy reads the .res values: quorum off|majority|all|N, on-no-quorum
+// suspend-io|io-error ("" = the defaults).
+func ParseQuorumPolicy(quorum, onNoQuorum string) (QuorumPolicy, error) {
+	var q QuorumPolicy
+	switch quorum {
+	case "", "off":
+	case "majority":
+		q.Need = QuorumMajority
+	case "all":
+		q.Need = QuorumAll
+	default:
+		n, err := strconv.Atoi(quorum)
+		if err != nil || n < 1 || n > MaxNodes {
+			return q, fmt.Errorf("unknown quorum %q (want off, majority, all or 1..%d)", quorum, MaxNodes)
+		}
+		q.Need = n
+	}
+	switch onNoQuorum {
+	case "", "suspend-io":
+	case "io-error":
+		q.IOError = true
+	default:
+		return q, fmt.Errorf("unknown on-no-quorum %q (want suspend-io or io-error)", onNoQuorum)
+	}
+	return q, nil
 }

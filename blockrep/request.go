@@ -20,6 +20,7 @@ var (
 	ErrShuttingDown  = errors.New("shutting down")
 	ErrNotUpToDate   = errors.New("need access to UpToDate data")
 	ErrPeerIsPrimary = errors.New("a peer is Primary")
+	ErrNoQuorum      = errors.New("no quorum")
 )
 
 // Op is the kind of a write-class request.

@@ -26,8 +26,10 @@ type State struct {
 	Role  Role
 	Disk  DiskState
 	Peers []PeerState
-	// Suspended says why writes are frozen ("fencing"), or "".
+	// Suspended says why writes are frozen ("fencing", "quorum"), or "".
 	Suspended string
+	// NoQuorum: quorum is on and this node does not see enough nodes (DRBD's quorum:no).
+	NoQuorum bool
 }
 
 // Clone returns a deep copy.
@@ -38,7 +40,7 @@ func (s State) Clone() State {
 
 // Equal reports whether s and o are the same state.
 func (s State) Equal(o State) bool {
-	if s.Role != o.Role || s.Disk != o.Disk || s.Suspended != o.Suspended || len(s.Peers) != len(o.Peers) {
+	if s.Role != o.Role || s.Disk != o.Disk || s.Suspended != o.Suspended || s.NoQuorum != o.NoQuorum || len(s.Peers) != len(o.Peers) {
 		return false
 	}
 	for i := range s.Peers {
@@ -129,6 +131,10 @@ func CanPromote(s State, force bool) error {
 	if s.Role == Primary {
 		return nil
 	}
+	// --force overrides a missing quorum, as in DRBD.
+	if s.NoQuorum && !force {
+		return refuse(ErrNoQuorum, "No quorum: this node sees too few of the resource's nodes to be promoted")
+	}
 	next := s.Clone()
 	next.Role = Primary
 	if force {
@@ -153,6 +159,9 @@ func Diff(old, new State) []string {
 	}
 	if old.Disk != new.Disk {
 		out = append(out, fmt.Sprintf("disk:%s->%s", old.Disk, new.Disk))
+	}
+	if old.NoQuorum != new.NoQuorum {
+		out = append(out, fmt.Sprintf("quorum:%s->%s", yesNo(!old.NoQuorum), yesNo(!new.NoQuorum)))
 	}
 	if old.Suspended != new.Suspended {
 		out = append(out, fmt.Sprintf("suspended:%s->%s", suspendedName(old.Suspended), suspendedName(new.Suspended)))
@@ -187,4 +196,11 @@ func suspendedName(s string) string {
 		return "no"
 	}
 	return s
+}
+
+func yesNo(b bool) string {
+	if b {
+		return "yes"
+	}
+	return "no"
 }

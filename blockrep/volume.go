@@ -34,6 +34,8 @@ type Config struct {
 	// HandlerTimeout bounds a handler's run; a timeout counts as the handler's failure.
 	// 0 means DefaultHandlerTimeout.
 	HandlerTimeout time.Duration
+	// Quorum is the resource's quorum policy (off by default).
+	Quorum QuorumPolicy
 	// Clock is the engine's time source; nil is the system's monotonic clock.
 	Clock clock.Clock
 	// Dial opens a link to a peer's address; nil dials TCP (tests use an in-memory network).
@@ -105,8 +107,10 @@ type Volume struct {
 	gate sync.RWMutex
 	// handshaking holds a token while a connection handshakes (session.go).
 	handshaking chan struct{}
-	// writable: Primary writes are accepted (the core's SetWritable).
+	// writable: Primary writes are accepted (the core's SetWritable); noQuorum: they fail
+	// for want of quorum (on-no-quorum io-error).
 	writable atomic.Bool
+	noQuorum atomic.Bool
 	closed   atomic.Bool
 	// diskFailed: the local disk was detached after an I/O error (on-io-error detach);
 	// the volume serves through its peers. Set at the error, before the core hears of it.
@@ -278,7 +282,7 @@ func Open(cfg Config) (*Volume, error) {
 	for _, pc := range cfg.Peers {
 		cps = append(cps, CorePeerConfig{NodeID: pc.NodeID, Name: pc.Name, Protocol: pc.Protocol, Fencing: pc.Fencing})
 	}
-	v.core = NewCore(cfg.NodeID, cfg.NodeName, cfg.ALUpdates, cps, sbNow, NewUUID)
+	v.core = NewCore(cfg.NodeID, cfg.NodeName, cfg.ALUpdates, cfg.Quorum, cps, sbNow, NewUUID)
 	for i := range cfg.Peers {
 		pc := &cfg.Peers[i]
 		v.peers = append(v.peers, newPeer(v, *pc, sbNow.Slot(pc.NodeID)))
@@ -493,6 +497,8 @@ func (v *Volume) do(e Effect) error {
 		go completeHeld(held) // completing writes may block on NBD clients: not here
 	case SetWritable:
 		v.writable.Store(e.On)
+	case QuorumIO:
+		v.noQuorum.Store(e.Fail)
 	case Log:
 		v.log.Log(context.Background(), e.Level, e.Msg, e.Args...)
 	}
@@ -545,6 +551,10 @@ func (v *Volume) ReadAt(p []byte, off int64) error {
 func (v *Volume) Submit(r *Request, b *Batch) {
 	if !v.writable.Load() {
 		r.Owner.Complete(r, ErrNotPrimary, b)
+		return
+	}
+	if v.noQuorum.Load() {
+		r.Owner.Complete(r, fmt.Errorf("%w: writes refused (on-no-quorum io-error)", ErrNoQuorum), b)
 		return
 	}
 	if r.Op != OpFlush {

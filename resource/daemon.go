@@ -638,7 +638,7 @@ func (d *Daemon) status(name string) control.Response {
 }
 
 func (r *running) status() control.ResourceStatus {
-	rs := control.ResourceStatus{Name: r.cfg.Name, NodeID: r.host.NodeID, Role: blockrep.Secondary.String(),
+	rs := control.ResourceStatus{Name: r.cfg.Name, NodeID: r.host.NodeID, Role: blockrep.Secondary.String(), Quorum: true,
 		Disk: blockrep.Diskless.String(), Peers: []control.PeerStatus{}}
 	if r.exports != nil {
 		rs.Clients = r.exports.Clients(r.cfg.Name)
@@ -657,9 +657,10 @@ func (r *running) status() control.ResourceStatus {
 	}
 	st, peers := vol.Status()
 	rs.Role, rs.Disk, rs.SizeBytes = st.Role.String(), st.Disk.String(), vol.Size()
+	rs.Quorum = !st.NoQuorum
 	rs.ReadBytes, rs.WrittenBytes = vol.Counters()
 	rs.DiskFailed = vol.DiskFailed()
-	rs.Suspended = vol.Suspended()
+	rs.Suspended = st.Suspended
 	for _, p := range peers {
 		ps := control.PeerStatus{Node: p.Name, NodeID: p.NodeID, Connection: p.Conn.String(), Replication: p.Repl.String(),
 			PeerDisk: p.Disk.String(), PeerRole: p.Role.String(), Protocol: p.Protocol.String(),

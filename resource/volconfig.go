@@ -35,8 +35,12 @@ func volumeConfig(r *config.Resource, node string, log *slog.Logger) (blockrep.C
 	if err != nil {
 		return blockrep.Config{}, fmt.Errorf("%s: %v", r.Pos, err)
 	}
+	quorum, err := blockrep.ParseQuorumPolicy(r.Options.Quorum, r.Options.OnNoQuorum)
+	if err != nil {
+		return blockrep.Config{}, fmt.Errorf("%s: %v", r.Pos, err)
+	}
 	cfg := blockrep.Config{
-		Resource: r.Name, NodeID: h.NodeID, NodeName: h.Name, Disk: h.Disk, MetaDisk: h.MetaDisk,
+		Quorum: quorum, Resource: r.Name, NodeID: h.NodeID, NodeName: h.Name, Disk: h.Disk, MetaDisk: h.MetaDisk,
 		ALExtents: r.Disk.ALExtents, ALUpdates: r.Disk.ALUpdates, Logger: log,
 		OnIOError: onIOError, Handlers: r.Handlers,
 		OpenDevice: deviceOpener(h),

@@ -15,8 +15,8 @@ func (r *Resource) NotHonoured(node string) []string {
 			out = append(out, s)
 		}
 	}
-	if r.Options.Quorum != "" && r.Options.Quorum != "off" {
-		add("quorum %s (quorum is not implemented yet)", r.Options.Quorum)
+	if q := r.Options.QuorumMinimumRedundancy; q != "" && q != "off" {
+		add("quorum-minimum-redundancy %s (not implemented: quorum counts nodes, not UpToDate replicas)", q)
 	}
 	for name := range r.Handlers {
 		if name != "fence-peer" && name != "unfence-peer" {

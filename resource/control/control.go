@@ -92,9 +92,12 @@ type ResourceStatus struct {
 	WrittenBytes int64 `json:"written_bytes"`
 	// DiskFailed: the local disk was detached after an I/O error (on-io-error detach).
 	DiskFailed bool `json:"disk_failed,omitempty"`
-	// Suspended says why writes are frozen: "fencing" (waiting for fence-peer), "fenced"
-	// (a shared resource whose key was removed), or empty.
+	// Suspended says why writes are frozen: "fencing" (waiting for fence-peer), "quorum"
+	// (lost quorum with on-no-quorum suspend-io), "fenced" (a shared resource whose key
+	// was removed), or empty.
 	Suspended string `json:"suspended,omitempty"`
+	// Quorum: whether this node has quorum (always true with quorum off).
+	Quorum bool `json:"quorum"`
 	// Reservation is the SCSI reservation state of a shared-storage resource.
 	Reservation *ReservationStatus `json:"reservation,omitempty"`
 	Peers       []PeerStatus       `json:"peers"`

@@ -135,7 +135,7 @@ func objects(r *ResourceStatus, statistics bool) []object {
 	res := object{kind: "resource", identity: []KV{{"name", r.Name}},
 		state: []KV{{"role", r.Role}, {"suspended", susp}}}
 	dev := object{kind: "device", identity: []KV{{"name", r.Name}, {"volume", "0"}, {"minor", "0"}},
-		state: []KV{{"disk", r.Disk}, {"client", "no"}, {"open", yesNo(r.Clients > 0)}}}
+		state: []KV{{"disk", r.Disk}, {"client", "no"}, {"open", yesNo(r.Clients > 0)}, {"quorum", yesNo(r.Quorum)}}}
 	if statistics {
 		dev.state = append(dev.state, KV{"size", strconv.FormatInt(r.SizeBytes>>10, 10)},
 			KV{"read", strconv.FormatInt(r.ReadBytes>>10, 10)}, KV{"written", strconv.FormatInt(r.WrittenBytes>>10, 10)})

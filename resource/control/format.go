@@ -20,7 +20,11 @@ func FormatStatus(w io.Writer, st *Status) {
 		} else {
 			fmt.Fprintf(w, "%s role:%s\n", r.Name, r.Role)
 		}
-		fmt.Fprintf(w, "  disk:%s\n", r.Disk)
+		if r.Quorum {
+			fmt.Fprintf(w, "  disk:%s\n", r.Disk)
+		} else {
+			fmt.Fprintf(w, "  disk:%s quorum:no\n", r.Disk)
+		}
 		for _, p := range r.Peers {
 			if p.Connection != "Connected" {
 				line := fmt.Sprintf("  %s connection:%s", p.Node, p.Connection)

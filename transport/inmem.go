@@ -41,7 +41,7 @@ func (n *Network) Unlisten(addr string) {
 	n.mu.Unlock()
 }
 
-func pair(a, b string) [2]string {
+func linkKey(a, b string) [2]string {
 	if a > b {
 		a, b = b, a
 	}
@@ -53,7 +53,7 @@ func pair(a, b string) [2]string {
 func (n *Network) Dial(ctx context.Context, addr, local string) (net.Conn, error) {
 	n.mu.Lock()
 	accept, ok := n.listeners[addr]
-	cut := n.cut[pair(local, addr)]
+	cut := n.cut[linkKey(local, addr)]
 	n.mu.Unlock()
 	if cut {
 		<-ctx.Done()
@@ -74,7 +74,7 @@ func (n *Network) Dial(ctx context.Context, addr, local string) (net.Conn, error
 // time out, until Heal.
 func (n *Network) Partition(a, b string) {
 	n.mu.Lock()
-	n.cut[pair(a, b)] = true
+	n.cut[linkKey(a, b)] = true
 	n.mu.Unlock()
 }
 
@@ -82,14 +82,14 @@ func (n *Network) Partition(a, b string) {
 // sent into the cut is lost); new dials succeed.
 func (n *Network) Heal(a, b string) {
 	n.mu.Lock()
-	delete(n.cut, pair(a, b))
+	delete(n.cut, linkKey(a, b))
 	n.mu.Unlock()
 }
 
 func (n *Network) isCut(a, b string) bool {
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	return n.cut[pair(a, b)]
+	return n.cut[linkKey(a, b)]
 }
 
 // pipeBuf is one direction of a connection.

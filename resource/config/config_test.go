@@ -22,11 +22,12 @@ func TestErrors(t *testing.T) {
 	}{
 		// statements and sections
 		{"unknown statement in net", twoNode("net { protocl C; }"), `t.res:2: unknown statement "protocl" in net section`},
-		{"unknown statement in resource", twoNode("protocol C;"), `t.res:2: unknown statement "protocol" in resource section (protocol belongs in a net section)`},
+		{"unknown statement in resource", twoNode("ping-int 5;"), `t.res:2: unknown statement "ping-int" in resource section (ping-int belongs in a net section)`},
 		{"misplaced disk option hints its section", twoNode("net { al-extents 100; }"), `t.res:2: unknown statement "al-extents" in net section (al-extents belongs in a disk section)`},
 		{"unknown statement at top level", "resorce r0 { }", `t.res:1: unknown statement "resorce" at top level`},
 		{"unknown statement in on", lines("resource r0 {", "on a {", "node-id 0; disk /d; adress 1.2.3.4:1;", "}", "}"), `t.res:3: unknown statement "adress" in on section`},
-		{"DRBD 8 syncer section", twoNode("syncer { rate 10M; }"), `t.res:2: unknown statement "syncer" in resource section`},
+		{"unknown option in a DRBD 8 syncer section", twoNode("syncer { group 1; }"), `t.res:2: unknown statement "group" in syncer section`},
+		{"DRBD 8 syncer option given twice", twoNode("disk { resync-rate 1M; }\nsyncer { rate 10M; }"), "t.res:3: resync-rate given twice in disk section (first at t.res:2)"},
 		{"option given twice in one section", twoNode("net {\nprotocol A;\nprotocol C;\n}"), "t.res:4: protocol given twice in net section (first at t.res:3)"},
 		{"section given twice", twoNode("net { }\nnet { }"), "t.res:3: net section given twice in resource r0 (first at t.res:2)"},
 		{"common given twice", "common { }\ncommon { }\n", "t.res:2: common section given twice in configuration (first at t.res:1)"},
@@ -36,17 +37,19 @@ func TestErrors(t *testing.T) {
 		{"option section without block", twoNode("net;"), "t.res:2: net must be a section: net { ... }"},
 		{"value option given a block", twoNode("net { protocol { } }"), "t.res:2: protocol takes a value, not a section"},
 		{"option without value", twoNode("net { protocol; }"), "t.res:2: protocol takes exactly one value, got 0"},
-		{"floating is unsupported", twoNode("floating 10.0.0.1:7789 { }"), "t.res:2: floating is not supported by blockrep"},
-		{"stacked resources are unsupported", twoNode("stacked-on-top-of r1 { }"), "t.res:2: stacked-on-top-of is not supported by blockrep"},
-		{"second volume", twoNode("volume 1 { disk /d; }"), "t.res:2: volume 1: blockrep supports one volume per resource (volume 0)"},
+		{"floating is unsupported", twoNode("floating 10.0.0.1:7789 { }"), "t.res:2: floating: not supported by blockrep: floating (address-matched) host sections"},
+		{"stacked resources are unsupported", twoNode("stacked-on-top-of r1 { }"), "t.res:2: stacked-on-top-of: not supported by blockrep: stacked resources"},
+		{"second volume", twoNode("volume 1 { disk /d; }"), "t.res:3: disk /d/a: not supported by blockrep: more than one volume per resource (another volume at t.res:2)"},
+		{"two volume sections", twoNode("volume 0 { disk /d; }\nvolume 1 { disk /e; }"), "t.res:3: volume 1: not supported by blockrep: more than one volume per resource (another volume at t.res:2)"},
+		{"volume and implicit volume 0", twoNode("volume 1 { device minor 1; }\ndevice minor 0;"), "t.res:3: device minor 0: not supported by blockrep: more than one volume per resource (another volume at t.res:2)"},
 		{"bad volume number", twoNode("volume x { }"), `t.res:2: bad volume number "x"`},
-		{"disk options in an on section", lines("resource r0 {", "on a {", "node-id 0; disk /d;", "disk { al-extents 100; }", "}", "}"),
-			"t.res:4: disk options inside an on section are not supported by blockrep; put them in the resource's disk section"},
+		{"disk options in an on section are checked", lines("resource r0 {", "on a {", "node-id 0; disk /d;", "disk { al-extents 10; }", "}", "}"),
+			"t.res:4: al-extents 10 is out of range 67..65534"},
 		{"backing disk given at resource level and in volume 0", twoNode("disk /x;\nvolume 0 { disk /y; }"), "t.res:3: disk given twice in resource r0 (first at t.res:2)"},
 
 		// values
 		{"unknown enum value lists accepted ones", twoNode("disk { on-io-error panic; }"), `t.res:2: unknown value "panic" for on-io-error (accepted: detach, pass_on, call-local-io-error)`},
-		{"cram-hmac-alg md5 rejected", twoNode("net { cram-hmac-alg md5; shared-secret x; }"), `t.res:2: unknown value "md5" for cram-hmac-alg (accepted: sha1, sha256, sha512)`},
+		{"malformed cram-hmac-alg", twoNode(`net { cram-hmac-alg "sha 1"; shared-secret x; }`), `t.res:2: bad cram-hmac-alg "sha 1": want a crypto API algorithm name such as sha256 or crc32c`},
 		{"cram-hmac-alg needs a secret", twoNode("net { cram-hmac-alg sha1; }"), "t.res:2: cram-hmac-alg sha1 needs a shared-secret"},
 		{"shared-secret too long", twoNode("net { shared-secret " + strings.Repeat("x", 65) + "; }"), "t.res:2: shared-secret is longer than 64 characters"},
 		{"unknown protocol", twoNode("net { protocol D; }"), `t.res:2: unknown protocol "D" (want A, B or C)`},
@@ -61,8 +64,8 @@ func TestErrors(t *testing.T) {
 		{"bad size", twoNode("disk { resync-rate 1.5M; }"), `t.res:2: resync-rate: bad size "1.5M" (want a number with an optional K, M, G or T suffix)`},
 		{"size overflow", twoNode("disk { resync-rate 99999999999999999999; }"), `t.res:2: resync-rate: bad size "99999999999999999999"`},
 		{"bad boolean", twoNode("disk { md-flushes maybe; }"), `t.res:2: unknown value "maybe" for md-flushes (accepted: yes, no)`},
-		{"dual primary rejected", twoNode("net { allow-two-primaries yes; }"), "t.res:2: allow-two-primaries yes: blockrep does not support dual primary"},
-		{"bare dual primary flag rejected", twoNode("net { allow-two-primaries; }"), "t.res:2: allow-two-primaries yes: blockrep does not support dual primary"},
+		{"dual primary rejected", twoNode("net { allow-two-primaries yes; }"), "t.res:2: allow-two-primaries yes: not supported by blockrep: dual-primary"},
+		{"bare dual primary flag rejected", twoNode("net { allow-two-primaries; }"), "t.res:2: allow-two-primaries yes: not supported by blockrep: dual-primary"},
 		{"compression lz4 rejected", twoNode("net { compression lz4; }"), `t.res:2: unknown value "lz4" for compression (accepted: none, zstd, s2)`},
 		{"transport other than tcp", twoNode("net { transport rdma; }"), `t.res:2: unknown value "rdma" for transport (accepted: tcp)`},
 		{"tls yes", twoNode("net { tls yes; }"), `t.res:2: unknown value "yes" for tls (accepted: no)`},
@@ -84,10 +87,12 @@ func TestErrors(t *testing.T) {
 		{"resource without hosts", "resource r0 {\n}", `t.res:1: resource r0 has no "on HOST" section`},
 		{"host given twice", lines("resource r0 {", "on a { node-id 0; disk /d; }", "on a { node-id 1; disk /d; }", "}"), "t.res:3: host a given twice in resource r0 (first at t.res:2)"},
 		{"node-id used twice", lines("resource r0 {", "on a { node-id 0; disk /d; }", "on b { node-id 0; disk /d; }", "}"), "t.res:3: node-id 0 of host b is also used by host a (t.res:2)"},
-		{"node-id missing", lines("resource r0 {", "on a { disk /d; }", "}"), "t.res:2: host a has no node-id"},
+		{"node-id missing", lines("resource r0 {", "on a { disk /d; }", "}"), "t.res:2: host a has no node-id (only a two-host resource without connection sections may leave both out)"},
+		{"node-id missing on one of two hosts", lines("resource r0 {", "on a { node-id 0; disk /d; address 1.2.3.4:1; }", "on b { disk /d; address 1.2.3.5:1; }", "}"), "t.res:3: host b has no node-id (only a two-host resource without connection sections may leave both out)"},
+		{"node-id missing with a connection section", lines("resource r0 {", "on a { disk /d; address 1.2.3.4:1; }", "on b { disk /d; address 1.2.3.5:1; }", "connection { host a; host b; }", "}"), "t.res:2: host a has no node-id (only a two-host resource without connection sections may leave both out)"},
 		{"node-id out of range", lines("resource r0 {", "on a {", "node-id 32; disk /d; }", "}"), `t.res:3: node-id "32" is out of range 0..31`},
 		{"disk missing", lines("resource r0 {", "on a { node-id 0; }", "}"), `t.res:2: host a has no disk (give "disk PATH;" or "disk none;")`},
-		{"several host names in one on section", lines("resource r0 {", "on a b { node-id 0; disk /d; }", "}"), "t.res:2: on with several host names is not supported by blockrep"},
+		{"several host names in one on section", lines("resource r0 {", "on a b { node-id 0; disk /d; }", "}"), "t.res:2: on a b: not supported by blockrep: an on section with several host names"},
 		{"peer without address", lines("resource r0 {", "on a { node-id 0; disk /d; address 1.2.3.4:1; }", "on b { node-id 1; disk /d; }", "}"), "t.res:3: host b has no address (needed to connect to a)"},
 		{"address without port", lines("resource r0 {", "on a { node-id 0; disk /d;", "address 1.2.3.4; }", "}"), `t.res:3: bad address "1.2.3.4": want IP:PORT (IPv6 as [ADDR]:PORT)`},
 		{"host name instead of IP", lines("resource r0 {", "on a { node-id 0; disk /d;", "address alpha:7789; }", "}"), `t.res:3: bad address "alpha:7789": want IP:PORT (IPv6 as [ADDR]:PORT)`},
@@ -111,7 +116,7 @@ func TestErrors(t *testing.T) {
 		{"connection with one host", threeHosts + lines("connection {", "host alpha;", "}", "}"), "t.res:5: connection needs two hosts, has 1"},
 		{"connection with three hosts", threeHosts + lines("connection {", "host alpha; host beta;", "host gamma;", "}", "}"), "t.res:7: a connection has exactly two hosts (use connection-mesh for more)"},
 		{"two paths", threeHosts + lines("connection {", "path { host alpha address 1.1.1.1:1; host beta address 1.1.1.2:1; }", "path { host alpha address 1.1.1.1:2; host beta address 1.1.1.2:2; }", "}", "}"),
-			"t.res:7: blockrep supports one path per connection (first at t.res:6)"},
+			"t.res:7: path: not supported by blockrep: more than one path per connection (first at t.res:6)"},
 		{"path host without address", threeHosts + lines("connection {", "path {", "host alpha;", "host beta address 1.1.1.2:1; }", "}", "}"), "t.res:7: path: host alpha needs an address"},
 		{"address both in host and path", threeHosts + lines("connection {", "host alpha address 1.1.1.1:1; host beta;", "path { host alpha address 1.1.1.1:2; host beta address 1.1.1.2:2; }", "}", "}"),
 			"t.res:6: address of host alpha given both here and in the path (t.res:7)"},
@@ -120,12 +125,12 @@ func TestErrors(t *testing.T) {
 		{"mesh names unknown host", threeHosts + lines("connection-mesh {", "hosts alpha delta;", "}", "}"), `t.res:6: connection-mesh names unknown host "delta" (hosts: alpha, beta, gamma)`},
 		{"mesh without hosts", threeHosts + lines("connection-mesh { net { } }", "}"), "t.res:5: connection-mesh needs a hosts statement"},
 		{"IPv4 to IPv6 connection", threeHosts + lines("connection {", "host alpha;", "host beta address ipv6 [::1]:7790;", "}", "}"), "t.res:5: connection between alpha (127.0.0.1:7789) and beta ([::1]:7790) mixes IPv4 and IPv6"},
-		{"proxy via", threeHosts + lines("connection {", "host alpha address 127.0.0.1:7789 via proxy on p;", "}", "}"), "t.res:6: via (DRBD proxy) is not supported by blockrep"},
+		{"proxy via", threeHosts + lines("connection {", "host alpha address 127.0.0.1:7789 via proxy on p;", "}", "}"), "t.res:6: via: not supported by blockrep: DRBD Proxy"},
 		{"bad port", threeHosts + lines("connection {", "host alpha port 0;", "host beta;", "}", "}"), `t.res:6: bad port "0": want 1..65535`},
 		{"port given twice", threeHosts + lines("connection {", "host alpha port 1 port 2;", "host beta;", "}", "}"), `t.res:6: want one "port PORT" for host alpha`},
-		{"junk in host statement", threeHosts + lines("connection {", "host alpha adress 1.2.3.4:1;", "host beta;", "}", "}"), `t.res:6: unexpected "adress" in host statement (want address or port)`},
+		{"junk in host statement", threeHosts + lines("connection {", "host alpha adress 1.2.3.4:1;", "host beta;", "}", "}"), `t.res:6: unexpected "adress" in host statement (want address, port or via outside-address)`},
 		{"path names a third host", threeHosts + lines("connection {", "host alpha; host beta;", "path { host alpha address 1.1.1.1:1;", "host gamma address 1.1.1.3:1; }", "}", "}"), "t.res:7: path does not name connection host beta"},
-		{"connection volume other than 0", threeHosts + lines("connection {", "host alpha; host beta;", "volume 1 { disk { resync-rate 1M; } }", "}", "}"), "t.res:7: volume 1: blockrep supports one volume per resource (volume 0)"},
+		{"connection volume other than 0", threeHosts + lines("connection {", "host alpha; host beta;", "volume 1 { disk { resync-rate 1M; } }", "}", "}"), "t.res:7: volume 1: not supported by blockrep: more than one volume per resource (the resource's volume is 0)"},
 		{"connection volume with a device", threeHosts + lines("connection {", "host alpha; host beta;", "volume 0 {", "device minor 1; }", "}", "}"), `t.res:8: unknown statement "device" in connection volume section`},
 		{"mesh of one host", threeHosts + lines("connection-mesh {", "hosts alpha;", "}", "}"), "t.res:6: connection-mesh needs at least two hosts"},
 		{"mesh host without address", lines("resource r0 {", "on a { node-id 0; address 1.1.1.1:1; disk /d; }", "on b { node-id 1; disk /d; }", "connection-mesh { hosts a b; }", "}"), "t.res:3: host b has no address (needed by connection-mesh at t.res:4)"},
@@ -451,6 +456,9 @@ func TestEveryIgnoredOptionWarns(t *testing.T) {
 		}
 		if o.in&secPeerDisk != 0 {
 			srcs = append(srcs, twoNode("connection { host alpha; host beta; disk { "+st+" } }"))
+		}
+		if o.in&secVolume != 0 {
+			srcs = append(srcs, twoNode("volume 0 { "+st+" }"))
 		}
 		if len(srcs) == 0 {
 			t.Errorf("%s: listed for no section", o.name)

@@ -302,7 +302,6 @@ func (v *volume) setBare(s *stmt, where string) error {
 	return v.set(s, where)
 }
 
-
 func (v *volume) set(s *stmt, where string) error {
 	var slot **stmt
 	switch s.name {

@@ -309,7 +309,7 @@ func (v *volume) set(s *stmt, where string) error {
 		slot = &v.device
 	case "disk":
 		slot = &v.disk
-	case "meta-disk":
+	case "meta-disk", "flexible-meta-disk": // DRBD 8.3's name, still read by drbdadm
 		slot = &v.metaDisk
 	}
 	if s.hasBlock {
@@ -348,7 +348,7 @@ func (v *volume) addVolume(s *stmt, where string) error {
 			if err := sectionOnce(&v.diskOpts, c, "volume "+s.args[0]); err != nil {
 				return err
 			}
-		case c.name == "device" || c.name == "disk" || c.name == "meta-disk":
+		case c.name == "device" || c.name == "disk" || c.name == "meta-disk" || c.name == "flexible-meta-disk":
 			if err := v.set(c, where); err != nil {
 				return err
 			}
@@ -397,7 +397,7 @@ func (b *builder) resource(s *stmt) (*Resource, error) {
 			} else if err := vol.setBare(c, where); err != nil {
 				return nil, err
 			}
-		case "device", "meta-disk":
+		case "device", "meta-disk", "flexible-meta-disk":
 			if err := vol.setBare(c, where); err != nil {
 				return nil, err
 			}
@@ -590,7 +590,7 @@ func (b *builder) host(s *stmt, r *Resource, def *volume) (*Host, *volume, error
 			slot = &export
 		case "initiator-name":
 			slot = &initiator
-		case "disk", "device", "meta-disk":
+		case "disk", "device", "meta-disk", "flexible-meta-disk":
 			if c.name == "disk" && c.hasBlock {
 				if err := sectionOnce(&diskOpts, c, where); err != nil {
 					return nil, nil, err
@@ -744,6 +744,9 @@ func parseMetaDisk(s *stmt) (string, int, error) {
 func parseDevice(s *stmt) (string, error) {
 	bad := errorf(s.pos, "want: device PATH | device minor N | device PATH minor N")
 	args := s.args
+	if len(args) > 0 && len(args[0]) == 2 && args[0][1] == ':' {
+		return "", unsupported(s.pos, "device "+strings.Join(args, " "), "WinDRBD (Windows drive letter devices)")
+	}
 	var parts []string
 	if len(args) == 1 || len(args) == 3 {
 		p := args[0]

@@ -172,6 +172,23 @@ func TestNATOutsideAddress(t *testing.T) {
 	roundTrip(t, r)
 }
 
+func TestFlexibleMetaDiskAndWinDRBD(t *testing.T) {
+	cfg, err := parseText(twoNode("flexible-meta-disk /dev/md;"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if h := cfg.Resources[0].Hosts[0]; h.MetaDisk != "/dev/md" || h.MetaIndex != -1 {
+		t.Errorf("meta-disk %q [%d]", h.MetaDisk, h.MetaIndex)
+	}
+	if _, err := parseText(twoNode("meta-disk internal;\nflexible-meta-disk /dev/md;")); err == nil || err.Error() != "t.res:3: flexible-meta-disk given twice in resource r0 (first at t.res:2)" {
+		t.Errorf("meta-disk and flexible-meta-disk: %v", err)
+	}
+	_, err = parseText(twoNode(`device "F:" minor 1;`))
+	if err == nil || err.Error() != "t.res:2: device F: minor 1: not supported by blockrep: WinDRBD (Windows drive letter devices)" {
+		t.Errorf("WinDRBD device: %v", err)
+	}
+}
+
 func TestCryptoAlgorithmNames(t *testing.T) {
 	cfg, err := parseText(twoNode(`net { cram-hmac-alg md5; shared-secret x; verify-alg "hmac(sha256)"; csums-alg crc32c; data-integrity-alg sha3-256; }`))
 	if err != nil {

@@ -25,6 +25,8 @@ var unsupportedFeatures = map[string]string{
 	"dual-primary": "dual-primary",
 	"paths":        "more than one path per connection",
 	"show-output":  "drbdsetup show output",
+	"on-names":     "an on section with several host names",
+	"windrbd":      "WinDRBD",
 }
 
 type corpusWant struct {
@@ -39,6 +41,11 @@ var corpus = map[string]corpusWant{
 	"clusterlabs-pacemaker_clusters-from-scratch_wwwdata.res": {"dual-primary", 7},
 	"drbd-utils_scripts_drbd.conf.example.res":                {"volumes", 37},
 	"drbd-utils_scripts_global_common.conf":                   {},
+	"drbd-utils_doc-v9_drbd.conf-example.res":                 {},
+	"drbd-utils_doc-v84_drbd.conf-example.res":                {},
+	"drbd-utils_doc-v84_floating.res":                         {"floating", 8},
+	"drbd-utils_doc-v84_on-several-hosts.res":                 {"on-names", 6},
+	"drbd-utils_windrbd-sample.res":                           {"windrbd", 57},
 	"drbd-utils_v84_man.res":                                  {},
 	"drbd-utils_v9_adjust_bitmap_disable.res":                 {},
 	"drbd-utils_v9_adjust_bitmap_enable.res":                  {},
@@ -72,10 +79,20 @@ var corpus = map[string]corpusWant{
 	"drbd-utils_v9_stacked_multi_path_3sites_2nodes.res": {"stacked", 94},
 	"drbd-utils_v9_tiebreaker.res":                       {},
 	"drbd-utils_v9_top-level-meta-disk.res":              {},
+	"ecaha-rpibootstrap_nfs.res":                         {},
 	"jlidr-hotl-suite_exchange.res":                      {},
 	"koki-morino-ha_datastore.res":                       {},
+	"linbit-ug9_administration_stacked.res":              {"stacked", 19},
+	"linbit-ug9_configure_8.4-style.res":                 {},
+	"linbit-ug9_configure_four-nodes.res":                {},
+	"linbit-ug9_configure_mesh.res":                      {},
+	"linbit-ug9_configure_simple.res":                    {},
+	"linbit-ug9_configure_volumes.res":                   {"volumes", 7},
+	"linbit-ug9_lvm_volumes.res":                         {"volumes", 7},
+	"linbit-ug9_proxy.res":                               {"proxy", 7},
 	"montydlemon-esame_highperfcomp_drbd.res":            {},
 	"ppouliot-ansible-drbd_virt_cluster_r1.res":          {},
+	"vasev85-pacemaker_www.res":                          {},
 	"zyp725136-nsd1907_drbd.res":                         {},
 }
 

@@ -147,7 +147,7 @@ func (secs *sections) add(s *stmt, where string) (bool, error) {
 // commonSection records common's sections and checks them once, so their
 // warnings and errors are reported once rather than per resource.
 func (b *builder) commonSection(s *stmt) error {
-	block, err := normalizeSections(s.block, "common section")
+	block, err := normalizeSections(s.block)
 	if err != nil {
 		return err
 	}
@@ -379,7 +379,7 @@ func (b *builder) resource(s *stmt) (*Resource, error) {
 	var secs sections
 	var vol volume
 	var ons, conns []*stmt
-	block, err := normalizeSections(s.block, where)
+	block, err := normalizeSections(s.block)
 	if err != nil {
 		return nil, err
 	}

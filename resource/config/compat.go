@@ -1,5 +1,7 @@
 package config
 
+import "strings"
+
 // DRBD 8.3/8.4 syntax that drbdadm 9 still reads, rewritten into DRBD 9's
 // sections before a resource or common section is built:
 //
@@ -16,10 +18,18 @@ var syncerAliases = map[string]string{"rate": "resync-rate", "after": "resync-af
 // disk, options and handlers sections. Statements keep their positions;
 // sections that only receive moved statements take the position of the
 // first of them. The statements of block are not modified.
-func normalizeSections(block []*stmt, where string) ([]*stmt, error) {
+func normalizeSections(block []*stmt) ([]*stmt, error) {
+	needed := false
+	for _, s := range block {
+		if s.name == "syncer" || (s.name == "protocol" && !s.hasBlock) || (s.hasBlock && (s.name == "disk" || s.name == "handlers")) {
+			needed = true
+		}
+	}
+	if !needed {
+		return block, nil
+	}
 	var out []*stmt
-	dest := map[string]*stmt{} // section name -> section in out (a copy)
-	var moved bool
+	dest := map[string]*stmt{} // section name -> its copy in out
 	section := func(name string, p Pos) *stmt {
 		if d := dest[name]; d != nil {
 			return d
@@ -29,36 +39,29 @@ func normalizeSections(block []*stmt, where string) ([]*stmt, error) {
 		out = append(out, d)
 		return d
 	}
-	// First copy the sections that may receive statements, so that moved
-	// statements join them wherever they stand.
+	// Copy the first section of each name that may receive statements, so
+	// that moved statements join it wherever it stands. A second section
+	// of a name stays as it is: its builder reports it.
+	copied := map[*stmt]*stmt{}
 	for _, s := range block {
 		switch {
-		case s.hasBlock && len(s.args) == 0 && (s.name == "net" || s.name == "disk" || s.name == "options" || s.name == "handlers"):
-			if dest[s.name] != nil {
-				out = append(out, s) // a second section: its builder reports it
-				continue
-			}
+		case s.hasBlock && len(s.args) == 0 && dest[s.name] == nil &&
+			(s.name == "net" || s.name == "disk" || s.name == "options" || s.name == "handlers"):
 			c := *s
 			c.block = nil
 			dest[s.name] = &c
+			copied[s] = &c
 			out = append(out, &c)
 		case s.name == "syncer" || (s.name == "protocol" && !s.hasBlock):
-			moved = true
 		default:
 			out = append(out, s)
 		}
 	}
-	if !moved && dest["disk"] == nil && dest["handlers"] == nil {
-		return block, nil
-	}
-	var own []*stmt // the copied sections' original statements, in order
 	for _, s := range block {
-		if d := dest[s.name]; d != nil && d.pos == s.pos && s.hasBlock {
-			own = append(own, s)
+		d := copied[s]
+		if d == nil {
+			continue
 		}
-	}
-	for _, s := range own {
-		d := dest[s.name]
 		for _, c := range s.block {
 			switch {
 			case s.name == "disk" && c.name == "fencing":
@@ -88,8 +91,8 @@ func normalizeSections(block []*stmt, where string) ([]*stmt, error) {
 					r.name = alias
 				}
 				home := homeSection(r.name)
-				if home == "" && len(r.name) > 3 && r.name[:3] == "no-" {
-					home = homeSection(r.name[3:])
+				if base, ok := strings.CutPrefix(r.name, "no-"); ok && home == "" {
+					home = homeSection(base)
 				}
 				switch home {
 				case "net", "disk", "options":

@@ -30,6 +30,8 @@ func TestErrors(t *testing.T) {
 		{"DRBD 8 syncer option given twice", twoNode("disk { resync-rate 1M; }\nsyncer { rate 10M; }"), "t.res:3: resync-rate given twice in disk section (first at t.res:2)"},
 		{"option given twice in one section", twoNode("net {\nprotocol A;\nprotocol C;\n}"), "t.res:4: protocol given twice in net section (first at t.res:3)"},
 		{"section given twice", twoNode("net { }\nnet { }"), "t.res:3: net section given twice in resource r0 (first at t.res:2)"},
+		{"section given twice on one line", twoNode("disk { } disk { }"), "t.res:2: disk section given twice in resource r0 (first at t.res:2)"},
+		{"syncer without block", twoNode("syncer;"), "t.res:2: syncer must be a section: syncer { ... }"},
 		{"common given twice", "common { }\ncommon { }\n", "t.res:2: common section given twice in configuration (first at t.res:1)"},
 		{"unknown section in common", "common { on a { } }", `t.res:1: unknown statement "on" in common section`},
 		{"unknown statement in global", "global { usage-count no; foo; }", `t.res:1: unknown statement "foo" in global section`},

@@ -120,6 +120,10 @@ func TestCorpus(t *testing.T) {
 				if err != nil {
 					t.Fatalf("want it to load, got %v", err)
 				}
+				cfg, _ := Parse(path, mustRead(t, path))
+				for _, r := range cfg.Resources {
+					roundTrip(t, r) // what loads, Dump writes back
+				}
 				loaded++
 				return
 			}

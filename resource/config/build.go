@@ -465,7 +465,7 @@ func (b *builder) resource(s *stmt) (*Resource, error) {
 	if volNum > 0 {
 		r.Volume = int(volNum)
 	}
-	if err := implicitNodeIDs(r, missingID, len(conns) == 0); err != nil {
+	if err := implicitNodeIDs(r, ons, missingID, len(conns) == 0); err != nil {
 		return nil, err
 	}
 	ids := map[int]*Host{}
@@ -517,7 +517,7 @@ func (b *builder) volumeOptions(d *DiskOptions, vol *volume) error {
 // drbdadm does for DRBD 8.4 configurations: with the implicit connection
 // only, the host whose address hashes higher (crc32c as drbdadm computes it)
 // is node 0. Anywhere else a missing node-id is an error, as in drbdadm.
-func implicitNodeIDs(r *Resource, missing []*Host, implicitConn bool) error {
+func implicitNodeIDs(r *Resource, ons []*stmt, missing []*Host, implicitConn bool) error {
 	if len(missing) == 0 {
 		return nil
 	}
@@ -527,11 +527,11 @@ func implicitNodeIDs(r *Resource, missing []*Host, implicitConn bool) error {
 	}
 	var hash [2]int32
 	for i, h := range r.Hosts {
-		ap, err := netip.ParseAddrPort(h.Address)
-		if err != nil {
+		ip := addressText(ons[i])
+		if h.Address == "" || ip == "" {
 			return errorf(h.Pos, "host %s has no node-id and no address to derive one from", h.Name)
 		}
-		hash[i] = int32(drbdadmCRC32c(ap.Addr().String()))
+		hash[i] = int32(drbdadmCRC32c(ip))
 	}
 	switch {
 	case hash[0] > hash[1]:
@@ -542,6 +542,23 @@ func implicitNodeIDs(r *Resource, missing []*Host, implicitConn bool) error {
 		return errorf(r.Hosts[1].Pos, "hosts %s and %s need node-id statements (their addresses give no implicit order)", r.Hosts[0].Name, r.Hosts[1].Name)
 	}
 	return nil
+}
+
+// addressText is the IP of an on section's address as written, which is
+// what drbdadm hashes: "10.0.0.1" of "10.0.0.1:7789", "fe80::1" of
+// "ipv6 [fe80::1]:7789".
+func addressText(on *stmt) string {
+	for _, c := range on.block {
+		if c.name != "address" || len(c.args) == 0 {
+			continue
+		}
+		v := c.args[len(c.args)-1]
+		if i := strings.LastIndexByte(v, ':'); i > 0 {
+			v = v[:i]
+		}
+		return strings.TrimSuffix(strings.TrimPrefix(v, "["), "]")
+	}
+	return ""
 }
 
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)

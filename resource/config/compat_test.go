@@ -235,6 +235,35 @@ func TestLoadReadsGlobalCommonWithoutInclude(t *testing.T) {
 	}
 }
 
+// drbd-utils' global_common.conf beside real .res files, included by them or
+// not, as /etc/drbd.d holds them.
+func TestLoadCorpusDirectory(t *testing.T) {
+	for _, include := range []bool{false, true} {
+		dir := t.TempDir()
+		files := map[string]string{
+			"global_common.conf": string(mustRead(t, "testdata/corpus/drbd-utils_scripts_global_common.conf")),
+		}
+		for _, f := range []string{"linbit-ug9_configure_simple.res", "linbit-ug9_configure_mesh.res"} {
+			src := string(mustRead(t, "testdata/corpus/"+f))
+			if include {
+				src = `include "global_common.conf";` + "\n" + src
+			}
+			files[f] = strings.ReplaceAll(src, "r0", strings.TrimSuffix(f, ".res")) // two resources, two names
+		}
+		// Both use minor 1 and /dev/vg0/lv0 on alice and bob: a real directory
+		// could not hold both, so the second moves.
+		files["linbit-ug9_configure_mesh.res"] = strings.NewReplacer("minor 1", "minor 2", "lv0", "lv1", ":7000", ":7001").Replace(files["linbit-ug9_configure_mesh.res"])
+		writeFiles(t, dir, files)
+		cfg, err := Load(dir)
+		if err != nil {
+			t.Fatalf("include %v: %v", include, err)
+		}
+		if len(cfg.Resources) != 2 || len(cfg.Warnings) == 0 || cfg.Warnings[0].String() != `global_common.conf:6: DRBD option "usage-count" is accepted and ignored by blockrep` {
+			t.Errorf("include %v: %d resources, warnings %v", include, len(cfg.Resources), cfg.Warnings)
+		}
+	}
+}
+
 func corpusResource(t *testing.T, file, res string) *Resource {
 	t.Helper()
 	p := filepath.Join("testdata", "corpus", file)

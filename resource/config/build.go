@@ -2,6 +2,7 @@ package config
 
 import (
 	"fmt"
+	"hash/crc32"
 	"net/netip"
 	"sort"
 	"strconv"
@@ -146,7 +147,11 @@ func (secs *sections) add(s *stmt, where string) (bool, error) {
 // commonSection records common's sections and checks them once, so their
 // warnings and errors are reported once rather than per resource.
 func (b *builder) commonSection(s *stmt) error {
-	for _, c := range s.block {
+	block, err := normalizeSections(s.block)
+	if err != nil {
+		return err
+	}
+	for _, c := range block {
 		ok, err := b.common.add(c, "common section")
 		if err != nil {
 			return err
@@ -266,8 +271,35 @@ func contains(list []string, s string) bool {
 // volume holds the per-volume statements of one level (resource or on).
 type volume struct {
 	device, disk, metaDisk *stmt
-	volume                 *stmt // the "volume 0" section, if any
-	diskOpts               *stmt // disk { } inside volume 0
+	volume                 *stmt   // the "volume N" section, if any
+	diskOpts               *stmt   // disk { } inside the volume section
+	bare                   *stmt   // first device/disk/meta-disk outside a volume section (volume 0)
+	ignored                []*stmt // volume options blockrep ignores (tiebreaker)
+}
+
+// number is the DRBD volume number this level's statements belong to, and
+// where it was set: statements outside a volume section are volume 0.
+func (v *volume) number() (int64, *stmt) {
+	if v.volume != nil {
+		n, _ := parseUint(v.volume.args[0])
+		return n, v.volume
+	}
+	if v.bare != nil {
+		return 0, v.bare
+	}
+	return -1, nil
+}
+
+// setBare records a device, disk or meta-disk statement outside a volume
+// section: DRBD puts it in volume 0.
+func (v *volume) setBare(s *stmt, where string) error {
+	if v.volume != nil && v.volume.args[0] != "0" {
+		return moreVolumes(s, v.volume)
+	}
+	if v.bare == nil {
+		v.bare = s
+	}
+	return v.set(s, where)
 }
 
 func (v *volume) set(s *stmt, where string) error {
@@ -277,7 +309,7 @@ func (v *volume) set(s *stmt, where string) error {
 		slot = &v.device
 	case "disk":
 		slot = &v.disk
-	case "meta-disk":
+	case "meta-disk", "flexible-meta-disk": // DRBD 8.3's name, still read by drbdadm
 		slot = &v.metaDisk
 	}
 	if s.hasBlock {
@@ -290,40 +322,55 @@ func (v *volume) set(s *stmt, where string) error {
 	return nil
 }
 
-// addVolume reads "volume 0 { ... }". Only volume 0 exists in blockrep: one
-// resource is one replicated block device.
-func (v *volume) addVolume(s *stmt, where string, diskOptsAllowed bool) error {
+// addVolume reads "volume N { ... }". A resource is one replicated block
+// device: one volume, usually 0; a second volume is refused.
+func (v *volume) addVolume(s *stmt, where string) error {
 	if !s.hasBlock || len(s.args) != 1 {
 		return errorf(s.pos, "want: volume NUMBER { ... }")
 	}
-	if s.args[0] != "0" {
-		if _, err := parseUint(s.args[0]); err != nil {
-			return errorf(s.pos, "bad volume number %q", s.args[0])
-		}
-		return errorf(s.pos, "volume %s: blockrep supports one volume per resource (volume 0)", s.args[0])
+	n, err := parseUint(s.args[0])
+	if err != nil || n > 65535 {
+		return errorf(s.pos, "bad volume number %q", s.args[0])
 	}
 	if v.volume != nil {
-		return errorf(s.pos, "volume 0 given twice in %s (first at %s)", where, v.volume.pos)
+		if v.volume.args[0] == s.args[0] {
+			return errorf(s.pos, "volume %s given twice in %s (first at %s)", s.args[0], where, v.volume.pos)
+		}
+		return moreVolumes(s, v.volume)
+	}
+	if v.bare != nil && n != 0 {
+		return moreVolumes(s, v.bare)
 	}
 	v.volume = s
 	for _, c := range s.block {
 		switch {
 		case c.name == "disk" && c.hasBlock:
-			if !diskOptsAllowed {
-				return errorf(c.pos, "disk options inside an on section are not supported by blockrep; put them in the resource's disk section")
-			}
-			if err := sectionOnce(&v.diskOpts, c, "volume 0"); err != nil {
+			if err := sectionOnce(&v.diskOpts, c, "volume "+s.args[0]); err != nil {
 				return err
 			}
-		case c.name == "device" || c.name == "disk" || c.name == "meta-disk":
+		case c.name == "device" || c.name == "disk" || c.name == "meta-disk" || c.name == "flexible-meta-disk":
 			if err := v.set(c, where); err != nil {
 				return err
 			}
+		case findIgnored(secVolume, c.name) != nil:
+			v.ignored = append(v.ignored, c)
 		default:
 			return unknownStmt(c, "volume section")
 		}
 	}
 	return nil
+}
+
+// moreVolumes refuses a second volume of a resource.
+func moreVolumes(s, first *stmt) error {
+	return unsupported(s.pos, s.name+" "+strings.Join(s.args, " "),
+		fmt.Sprintf("more than one volume per resource (another volume at %s)", first.pos))
+}
+
+// unsupported refuses a valid DRBD statement for a feature blockrep does
+// not have, in one line naming the statement and the feature.
+func unsupported(p Pos, what, feature string) error {
+	return errorf(p, "%s: not supported by blockrep: %s", what, feature)
 }
 
 func (b *builder) resource(s *stmt) (*Resource, error) {
@@ -332,7 +379,11 @@ func (b *builder) resource(s *stmt) (*Resource, error) {
 	var secs sections
 	var vol volume
 	var ons, conns []*stmt
-	for _, c := range s.block {
+	block, err := normalizeSections(s.block)
+	if err != nil {
+		return nil, err
+	}
+	for _, c := range block {
 		switch c.name {
 		case "options", "net", "handlers", "startup":
 			if _, err := secs.add(c, where); err != nil {
@@ -343,59 +394,86 @@ func (b *builder) resource(s *stmt) (*Resource, error) {
 				if _, err := secs.add(c, where); err != nil {
 					return nil, err
 				}
-			} else if err := vol.set(c, where); err != nil {
+			} else if err := vol.setBare(c, where); err != nil {
 				return nil, err
 			}
-		case "device", "meta-disk":
-			if err := vol.set(c, where); err != nil {
+		case "device", "meta-disk", "flexible-meta-disk":
+			if err := vol.setBare(c, where); err != nil {
 				return nil, err
 			}
 		case "volume":
-			if err := vol.addVolume(c, where, true); err != nil {
+			if err := vol.addVolume(c, where); err != nil {
 				return nil, err
 			}
 		case "on":
 			ons = append(ons, c)
 		case "connection", "connection-mesh":
 			conns = append(conns, c)
-		case "floating", "stacked-on-top-of", "proxy":
-			return nil, errorf(c.pos, "%s is not supported by blockrep", c.name)
+		case "floating":
+			return nil, unsupported(c.pos, "floating", "floating (address-matched) host sections")
+		case "stacked-on-top-of":
+			return nil, unsupported(c.pos, "stacked-on-top-of", "stacked resources")
+		case "proxy":
+			return nil, unsupported(c.pos, "proxy", "DRBD Proxy")
+		case "_this_host", "_remote_host":
+			return nil, unsupported(c.pos, c.name, "drbdsetup show output")
 		default:
 			return nil, unknownStmt(c, "resource section")
 		}
 	}
 
-	// common < resource < resource volume 0.
+	// common < resource < resource volume.
 	if err := b.applyOptions(r, b.common, nil); err != nil {
 		return nil, err
 	}
 	if err := b.applyOptions(r, secs, b.warn); err != nil {
 		return nil, err
 	}
-	if vol.diskOpts != nil {
-		if err := applySection(&r.Disk, vol.diskOpts, diskTable, secDisk, b.warn); err != nil {
-			return nil, err
-		}
+	if err := b.volumeOptions(&r.Disk, &vol); err != nil {
+		return nil, err
 	}
+	// The one volume's number: the resource's, else the on sections'; all
+	// must agree.
+	volNum, volAt := vol.number()
 
 	byName := map[string]*Host{}
-	ids := map[int]*Host{}
+	var missingID []*Host
 	for _, c := range ons {
-		h, err := b.host(c, vol)
+		h, hv, err := b.host(c, r, &vol)
 		if err != nil {
 			return nil, err
+		}
+		if n, at := hv.number(); n >= 0 {
+			if volNum < 0 {
+				volNum, volAt = n, at
+			} else if n != volNum {
+				return nil, moreVolumes(at, volAt)
+			}
 		}
 		if first, ok := byName[h.Name]; ok {
 			return nil, errorf(c.pos, "host %s given twice in %s (first at %s)", h.Name, where, first.Pos)
 		}
-		if first, ok := ids[h.NodeID]; ok {
-			return nil, errorf(c.pos, "node-id %d of host %s is also used by host %s (%s)", h.NodeID, h.Name, first.Name, first.Pos)
+		byName[h.Name] = h
+		if h.NodeID < 0 {
+			missingID = append(missingID, h)
 		}
-		byName[h.Name], ids[h.NodeID] = h, h
 		r.Hosts = append(r.Hosts, h)
 	}
 	if len(r.Hosts) == 0 {
 		return nil, errorf(s.pos, "resource %s has no \"on HOST\" section", r.Name)
+	}
+	if volNum > 0 {
+		r.Volume = int(volNum)
+	}
+	if err := implicitNodeIDs(r, ons, missingID, len(conns) == 0); err != nil {
+		return nil, err
+	}
+	ids := map[int]*Host{}
+	for _, h := range r.Hosts {
+		if first, ok := ids[h.NodeID]; ok {
+			return nil, errorf(h.Pos, "node-id %d of host %s is also used by host %s (%s)", h.NodeID, h.Name, first.Name, first.Pos)
+		}
+		ids[h.NodeID] = h
 	}
 	for i, h := range r.Hosts {
 		for _, o := range r.Hosts[:i] {
@@ -419,6 +497,78 @@ func (b *builder) resource(s *stmt) (*Resource, error) {
 	return r, nil
 }
 
+// volumeOptions applies a volume section's disk options and checks the
+// volume options blockrep ignores.
+func (b *builder) volumeOptions(d *DiskOptions, vol *volume) error {
+	if vol.diskOpts != nil {
+		if err := applySection(d, vol.diskOpts, diskTable, secDisk, b.warn); err != nil {
+			return err
+		}
+	}
+	for _, c := range vol.ignored {
+		if err := ignore(findIgnored(secVolume, c.name), c, b.warn); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// implicitNodeIDs gives node ids to a two-host resource without them, as
+// drbdadm does for DRBD 8.4 configurations: with the implicit connection
+// only, the host whose address hashes higher (crc32c as drbdadm computes it)
+// is node 0. Anywhere else a missing node-id is an error, as in drbdadm.
+func implicitNodeIDs(r *Resource, ons []*stmt, missing []*Host, implicitConn bool) error {
+	if len(missing) == 0 {
+		return nil
+	}
+	if !implicitConn || len(r.Hosts) != 2 || len(missing) != 2 {
+		h := missing[0]
+		return errorf(h.Pos, "host %s has no node-id (only a two-host resource without connection sections may leave both out)", h.Name)
+	}
+	var hash [2]int32
+	for i, h := range r.Hosts {
+		ip := addressText(ons[i])
+		if h.Address == "" || ip == "" {
+			return errorf(h.Pos, "host %s has no node-id and no address to derive one from", h.Name)
+		}
+		hash[i] = int32(drbdadmCRC32c(ip))
+	}
+	switch {
+	case hash[0] > hash[1]:
+		r.Hosts[0].NodeID, r.Hosts[1].NodeID = 0, 1
+	case hash[0] < hash[1]:
+		r.Hosts[0].NodeID, r.Hosts[1].NodeID = 1, 0
+	default:
+		return errorf(r.Hosts[1].Pos, "hosts %s and %s need node-id statements (their addresses give no implicit order)", r.Hosts[0].Name, r.Hosts[1].Name)
+	}
+	return nil
+}
+
+// addressText is the IP of an on section's address as written, which is
+// what drbdadm hashes: "10.0.0.1" of "10.0.0.1:7789", "fe80::1" of
+// "ipv6 [fe80::1]:7789".
+func addressText(on *stmt) string {
+	for _, c := range on.block {
+		if c.name != "address" || len(c.args) == 0 {
+			continue
+		}
+		v := c.args[len(c.args)-1]
+		if i := strings.LastIndexByte(v, ':'); i > 0 {
+			v = v[:i]
+		}
+		return strings.TrimSuffix(strings.TrimPrefix(v, "["), "]")
+	}
+	return ""
+}
+
+var castagnoli = crc32.MakeTable(crc32.Castagnoli)
+
+// drbdadmCRC32c is drbdadm's crc32c of an address string: seeded with
+// 0x1a656f21, without the usual pre- and post-inversion.
+func drbdadmCRC32c(s string) uint32 {
+	return ^crc32.Update(^uint32(0x1a656f21), castagnoli, []byte(s))
+}
+
 // checkNet checks rules between options, on the effective values.
 func checkNet(n *NetOptions, p Pos, hosts map[string]*Host) error {
 	if n.CramHMACAlg != "" && n.SharedSecret == "" {
@@ -427,25 +577,25 @@ func checkNet(n *NetOptions, p Pos, hosts map[string]*Host) error {
 	if n.OnCongestion == "pull-ahead" && n.Protocol != blockrep.ProtocolA {
 		return errorf(p, "on-congestion pull-ahead requires protocol A (have %s)", n.Protocol)
 	}
-	if name, ok := strings.CutPrefix(n.AfterSB0Pri, "discard-node-"); ok && hosts[name] == nil {
+	if name, ok := strings.CutPrefix(n.AfterSB0Pri, "discard-node-"); ok && lookupHost(hosts, name) == nil {
 		return errorf(p, "after-sb-0pri %s names unknown host %q", n.AfterSB0Pri, name)
 	}
 	return nil
 }
 
-func (b *builder) host(s *stmt, def volume) (*Host, error) {
+func (b *builder) host(s *stmt, r *Resource, def *volume) (*Host, *volume, error) {
 	switch {
 	case !s.hasBlock:
-		return nil, errorf(s.pos, "want: on HOST { ... }")
+		return nil, nil, errorf(s.pos, "want: on HOST { ... }")
 	case len(s.args) == 0 || s.args[0] == "":
-		return nil, errorf(s.pos, "on section needs a host name")
+		return nil, nil, errorf(s.pos, "on section needs a host name")
 	case len(s.args) > 1:
-		return nil, errorf(s.pos, "on with several host names is not supported by blockrep")
+		return nil, nil, unsupported(s.pos, "on "+strings.Join(s.args, " "), "an on section with several host names")
 	}
-	h := &Host{Name: s.args[0], Pos: s.pos, MetaIndex: -1}
+	h := &Host{Name: s.args[0], Pos: s.pos, MetaIndex: -1, NodeID: -1}
 	where := "on " + h.Name
 	var vol volume
-	var nodeID, address, export, initiator *stmt
+	var nodeID, address, export, initiator, diskOpts *stmt
 	for _, c := range s.block {
 		var slot **stmt
 		switch c.name {
@@ -457,57 +607,77 @@ func (b *builder) host(s *stmt, def volume) (*Host, error) {
 			slot = &export
 		case "initiator-name":
 			slot = &initiator
-		case "disk", "device", "meta-disk":
+		case "disk", "device", "meta-disk", "flexible-meta-disk":
 			if c.name == "disk" && c.hasBlock {
-				return nil, errorf(c.pos, "disk options inside an on section are not supported by blockrep; put them in the resource's disk section")
+				if err := sectionOnce(&diskOpts, c, where); err != nil {
+					return nil, nil, err
+				}
+				continue
 			}
-			if err := vol.set(c, where); err != nil {
-				return nil, err
+			if err := vol.setBare(c, where); err != nil {
+				return nil, nil, err
 			}
 			continue
 		case "volume":
-			if err := vol.addVolume(c, where, false); err != nil {
-				return nil, err
+			if err := vol.addVolume(c, where); err != nil {
+				return nil, nil, err
 			}
 			continue
 		default:
-			return nil, unknownStmt(c, "on section")
+			return nil, nil, unknownStmt(c, "on section")
 		}
 		if c.hasBlock {
-			return nil, errorf(c.pos, "%s takes a value, not a section", c.name)
+			return nil, nil, errorf(c.pos, "%s takes a value, not a section", c.name)
 		}
 		if *slot != nil {
-			return nil, errorf(c.pos, "%s given twice in %s (first at %s)", c.name, where, (*slot).pos)
+			return nil, nil, errorf(c.pos, "%s given twice in %s (first at %s)", c.name, where, (*slot).pos)
 		}
 		*slot = c
 	}
 
-	if nodeID == nil {
-		return nil, errorf(s.pos, "host %s has no node-id", h.Name)
+	var err error
+	if nodeID != nil {
+		v, err := oneArg(nodeID)
+		if err != nil {
+			return nil, nil, err
+		}
+		n, err := parseUint(v)
+		if err != nil || n >= blockrep.MaxNodes {
+			return nil, nil, errorf(nodeID.pos, "node-id %q is out of range 0..%d", v, blockrep.MaxNodes-1)
+		}
+		h.NodeID = int(n)
 	}
-	v, err := oneArg(nodeID)
-	if err != nil {
-		return nil, err
-	}
-	n, err := parseUint(v)
-	if err != nil || n >= blockrep.MaxNodes {
-		return nil, errorf(nodeID.pos, "node-id %q is out of range 0..%d", v, blockrep.MaxNodes-1)
-	}
-	h.NodeID = int(n)
 
 	if address != nil {
 		if h.Address, err = parseAddress(address, address.args); err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 	}
 	if export != nil {
 		if h.Export, err = parseAddress(export, export.args); err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 	}
 	if initiator != nil {
 		if h.InitiatorName, err = parseIQN(initiator); err != nil {
-			return nil, err
+			return nil, nil, err
+		}
+	}
+
+	// Per-host disk options: the resource's, with the host's disk sections
+	// (on level, then its volume) applied.
+	if diskOpts != nil || vol.diskOpts != nil || len(vol.ignored) > 0 {
+		d := r.Disk
+		if diskOpts != nil {
+			if err := applySection(&d, diskOpts, diskTable, secDisk, b.warn); err != nil {
+				return nil, nil, err
+			}
+		}
+		if err := b.volumeOptions(&d, &vol); err != nil {
+			return nil, nil, err
+		}
+		if diskOpts != nil || vol.diskOpts != nil {
+			h.DiskOptions = &d
 		}
 	}
 
@@ -520,26 +690,26 @@ func (b *builder) host(s *stmt, def volume) (*Host, error) {
 	}
 	disk := pick(vol.disk, def.disk)
 	if disk == nil {
-		return nil, errorf(s.pos, "host %s has no disk (give \"disk PATH;\" or \"disk none;\")", h.Name)
+		return nil, nil, errorf(s.pos, "host %s has no disk (give \"disk PATH;\" or \"disk none;\")", h.Name)
 	}
 	if h.Disk, err = oneArg(disk); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	if h.Disk == "" {
-		return nil, errorf(disk.pos, "empty disk path")
+		return nil, nil, errorf(disk.pos, "empty disk path")
 	}
 	h.MetaDisk = "internal" // DRBD requires meta-disk; blockrep defaults it
 	if md := pick(vol.metaDisk, def.metaDisk); md != nil {
 		if h.MetaDisk, h.MetaIndex, err = parseMetaDisk(md); err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 	}
 	if dev := pick(vol.device, def.device); dev != nil {
 		if h.Device, err = parseDevice(dev); err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 	}
-	return h, nil
+	return h, &vol, nil
 }
 
 func parseIQN(s *stmt) (string, error) {
@@ -591,6 +761,9 @@ func parseMetaDisk(s *stmt) (string, int, error) {
 func parseDevice(s *stmt) (string, error) {
 	bad := errorf(s.pos, "want: device PATH | device minor N | device PATH minor N")
 	args := s.args
+	if len(args) > 0 && len(args[0]) == 2 && args[0][1] == ':' {
+		return "", unsupported(s.pos, "device "+strings.Join(args, " "), "WinDRBD (Windows drive letter devices)")
+	}
 	var parts []string
 	if len(args) == 1 || len(args) == 3 {
 		p := args[0]
@@ -689,14 +862,22 @@ type endpoint struct {
 	pos  Pos
 	ip   netip.Addr // from "address IP[:PORT]"; invalid if not given
 	port uint16     // from the address or "port P"; 0 if not given
+	// outside is the address peers connect to when the host is behind NAT
+	// ("via outside-address IP:PORT"); invalid if not given.
+	outside netip.AddrPort
 }
 
 // connHost reads "host NAME [address [FAMILY] IP[:PORT]] [port P]".
 func connHost(s *stmt, byName map[string]*Host) (*endpoint, error) {
+	for i, a := range s.args {
+		if a == "via" && (i+1 == len(s.args) || s.args[i+1] != "outside-address") {
+			return nil, unsupported(s.pos, "via", "DRBD Proxy")
+		}
+	}
 	if s.hasBlock || len(s.args) == 0 {
 		return nil, errorf(s.pos, "want: host NAME [address [ipv4|ipv6] IP:PORT] [port PORT]")
 	}
-	h := byName[s.args[0]]
+	h := lookupHost(byName, s.args[0])
 	if h == nil {
 		return nil, errorf(s.pos, "connection names unknown host %q (hosts: %s)", s.args[0], hostNames(byName))
 	}
@@ -747,10 +928,26 @@ func connHost(s *stmt, byName map[string]*Host) (*endpoint, error) {
 			}
 			ep.port = p
 			rest = rest[2:]
-		case "via":
-			return nil, errorf(s.pos, "via (DRBD proxy) is not supported by blockrep")
+		case "via": // "via outside-address [FAMILY] IP:PORT": the address peers connect to (NAT)
+			if ep.outside.IsValid() {
+				return nil, errorf(s.pos, "via outside-address given twice for host %s", h.Name)
+			}
+			rest = rest[2:]
+			family := ""
+			if len(rest) > 1 && addrFamily(rest[0]) {
+				family, rest = rest[0], rest[1:]
+			}
+			if len(rest) == 0 {
+				return nil, errorf(s.pos, "via outside-address of host %s is missing", h.Name)
+			}
+			ap, err := parseAddrPort(s, family, rest[0])
+			if err != nil {
+				return nil, err
+			}
+			ep.outside = ap
+			rest = rest[1:]
 		default:
-			return nil, errorf(s.pos, "unexpected %q in host statement (want address or port)", rest[0])
+			return nil, errorf(s.pos, "unexpected %q in host statement (want address, port or via outside-address)", rest[0])
 		}
 	}
 	return ep, nil
@@ -786,6 +983,24 @@ func (ep *endpoint) addr(connPos Pos) (string, error) {
 		return "", errorf(connPos, "no address for host %s in this connection (give one in its on section or in the connection)", ep.host.Name)
 	}
 	return netip.AddrPortFrom(ip, port).String(), nil
+}
+
+// lookupHost finds the host a connection names: by its exact name, else by
+// drbdadm's rule (a short name matches a fully qualified one), if unique.
+func lookupHost(byName map[string]*Host, name string) *Host {
+	if h := byName[name]; h != nil {
+		return h
+	}
+	var found *Host
+	for n, h := range byName {
+		if hostnamesEqual(n, name) {
+			if found != nil {
+				return nil
+			}
+			found = h
+		}
+	}
+	return found
 }
 
 func hostNames(byName map[string]*Host) string {
@@ -908,7 +1123,7 @@ func (b *builder) connection(r *Resource, s *stmt, byName map[string]*Host) (*Co
 			eps = append(eps, ep)
 		case "path":
 			if path != nil {
-				return nil, errorf(c.pos, "blockrep supports one path per connection (first at %s)", path.pos)
+				return nil, unsupported(c.pos, "path", fmt.Sprintf("more than one path per connection (first at %s)", path.pos))
 			}
 			if !c.hasBlock || len(c.args) != 0 {
 				return nil, errorf(c.pos, "want: path { host A address IP:PORT; host B address IP:PORT; }")
@@ -923,7 +1138,7 @@ func (b *builder) connection(r *Resource, s *stmt, byName map[string]*Host) (*Co
 				return nil, err
 			}
 		case "volume":
-			if err := connVolume(c, &vol); err != nil {
+			if err := connVolume(c, &vol, r.Volume); err != nil {
 				return nil, err
 			}
 		default:
@@ -947,6 +1162,12 @@ func (b *builder) connection(r *Resource, s *stmt, byName map[string]*Host) (*Co
 	if c.AddrB, err = eps[1].addr(s.pos); err != nil {
 		return nil, err
 	}
+	if eps[0].outside.IsValid() {
+		c.OutsideA = eps[0].outside.String()
+	}
+	if eps[1].outside.IsValid() {
+		c.OutsideB = eps[1].outside.String()
+	}
 	if net != nil {
 		if err := applySection(&c.Net, net, netTable, secNet, b.warn); err != nil {
 			return nil, err
@@ -957,6 +1178,7 @@ func (b *builder) connection(r *Resource, s *stmt, byName map[string]*Host) (*Co
 			if err := applySection(&c.Disk, d, diskTable, secPeerDisk, b.warn); err != nil {
 				return nil, err
 			}
+			c.peerSecs = append(c.peerSecs, d)
 		}
 	}
 	if err := checkNet(&c.Net, s.pos, byName); err != nil {
@@ -965,23 +1187,28 @@ func (b *builder) connection(r *Resource, s *stmt, byName map[string]*Host) (*Co
 	return c, nil
 }
 
-// connVolume reads a connection's "volume 0 { disk { peer-device options } }".
-func connVolume(s *stmt, vol *volume) error {
+// connVolume reads a connection's "volume N { disk { peer-device options } }";
+// N is the resource's one volume.
+func connVolume(s *stmt, vol *volume, resVolume int) error {
 	if !s.hasBlock || len(s.args) != 1 {
 		return errorf(s.pos, "want: volume NUMBER { disk { ... } }")
 	}
-	if s.args[0] != "0" {
-		return errorf(s.pos, "volume %s: blockrep supports one volume per resource (volume 0)", s.args[0])
+	n, err := parseUint(s.args[0])
+	if err != nil || n > 65535 {
+		return errorf(s.pos, "bad volume number %q", s.args[0])
+	}
+	if int(n) != resVolume {
+		return unsupported(s.pos, "volume "+s.args[0], fmt.Sprintf("more than one volume per resource (the resource's volume is %d)", resVolume))
 	}
 	if vol.volume != nil {
-		return errorf(s.pos, "volume 0 given twice in connection (first at %s)", vol.volume.pos)
+		return errorf(s.pos, "volume %s given twice in connection (first at %s)", s.args[0], vol.volume.pos)
 	}
 	vol.volume = s
 	for _, c := range s.block {
 		if c.name != "disk" {
 			return unknownStmt(c, "connection volume section")
 		}
-		if err := sectionOnce(&vol.diskOpts, c, "volume 0"); err != nil {
+		if err := sectionOnce(&vol.diskOpts, c, "volume "+s.args[0]); err != nil {
 			return err
 		}
 	}
@@ -1026,7 +1253,7 @@ func mergePath(path *stmt, eps []*endpoint, byName map[string]*Host) ([]*endpoin
 		if ep.ip.IsValid() || ep.port != 0 {
 			return nil, errorf(ep.pos, "address of host %s given both here and in the path (%s)", ep.host.Name, found.pos)
 		}
-		ep.ip, ep.port = found.ip, found.port
+		ep.ip, ep.port, ep.outside = found.ip, found.port, found.outside
 	}
 	// Every connection host is in the two-host path, so the path's other
 	// hosts complete the pair.
@@ -1070,7 +1297,7 @@ func (b *builder) mesh(r *Resource, s *stmt, byName map[string]*Host) ([]*Connec
 	}
 	var hosts []*Host
 	for _, n := range hostsStmt.args {
-		h := byName[n]
+		h := lookupHost(byName, n)
 		if h == nil {
 			return nil, errorf(hostsStmt.pos, "connection-mesh names unknown host %q (hosts: %s)", n, hostNames(byName))
 		}

@@ -82,38 +82,93 @@ type Resource struct {
 	// Conns are explicit connection / connection-mesh sections expanded to
 	// pairs, or the implicit full mesh when there are none.
 	Conns []*Connection
+	// Volume is the DRBD volume number of the resource's one volume (0
+	// unless its volume sections say otherwise).
+	Volume int
 }
 
-// Host returns the "on node" section.
+// Host returns the "on node" section. Names match as drbdadm matches them:
+// case-insensitively, and a short name matches a fully qualified one with
+// the same first label (but two fully qualified names must be equal).
 func (r *Resource) Host(node string) (*Host, error) {
 	for _, h := range r.Hosts {
 		if h.Name == node {
 			return h, nil
 		}
 	}
+	var found []*Host
+	for _, h := range r.Hosts {
+		if hostnamesEqual(h.Name, node) {
+			found = append(found, h)
+		}
+	}
 	names := make([]string, len(r.Hosts))
 	for i, h := range r.Hosts {
 		names[i] = h.Name
 	}
-	return nil, fmt.Errorf("resource %s has no \"on %s\" section (hosts: %s)", r.Name, node, strings.Join(names, ", "))
+	switch len(found) {
+	case 1:
+		return found[0], nil
+	case 0:
+		return nil, fmt.Errorf("resource %s has no \"on %s\" section (hosts: %s)", r.Name, node, strings.Join(names, ", "))
+	}
+	return nil, fmt.Errorf("resource %s: %s matches several hosts (hosts: %s)", r.Name, node, strings.Join(names, ", "))
+}
+
+// hostnamesEqual is drbdadm's rule: two fully qualified names must be
+// equal; otherwise the first labels must be. DNS names ignore case.
+func hostnamesEqual(a, b string) bool {
+	ia, ib := strings.IndexByte(a, '.'), strings.IndexByte(b, '.')
+	if ia >= 0 && ib >= 0 {
+		return strings.EqualFold(a, b)
+	}
+	if ia < 0 {
+		ia = len(a)
+	}
+	if ib < 0 {
+		ib = len(b)
+	}
+	return strings.EqualFold(a[:ia], b[:ib])
 }
 
 // Peers returns every connection that involves node, seen from node, in
-// connection order.
+// connection order. node is matched as Host matches it.
 func (r *Resource) Peers(node string) ([]*Peer, error) {
-	if _, err := r.Host(node); err != nil {
+	me, err := r.Host(node)
+	if err != nil {
 		return nil, err
 	}
 	var peers []*Peer
 	for _, c := range r.Conns {
-		switch node {
-		case c.A.Name:
-			peers = append(peers, &Peer{Host: c.B, LocalAddress: c.AddrA, PeerAddress: c.AddrB, Net: c.Net, Disk: c.Disk, Pos: c.Pos})
-		case c.B.Name:
-			peers = append(peers, &Peer{Host: c.A, LocalAddress: c.AddrB, PeerAddress: c.AddrA, Net: c.Net, Disk: c.Disk, Pos: c.Pos})
+		outA, outB := c.AddrA, c.AddrB
+		if c.OutsideA != "" {
+			outA = c.OutsideA
+		}
+		if c.OutsideB != "" {
+			outB = c.OutsideB
+		}
+		switch me {
+		case c.A:
+			peers = append(peers, &Peer{Host: c.B, LocalAddress: c.AddrA, PeerAddress: outB, Net: c.Net, Disk: c.peerDisk(me), Pos: c.Pos})
+		case c.B:
+			peers = append(peers, &Peer{Host: c.A, LocalAddress: c.AddrB, PeerAddress: outA, Net: c.Net, Disk: c.peerDisk(me), Pos: c.Pos})
 		}
 	}
 	return peers, nil
+}
+
+// peerDisk is the connection's disk options seen from host me: its own
+// disk options, when it has any, with the connection's peer-device options
+// applied.
+func (c *Connection) peerDisk(me *Host) DiskOptions {
+	if me.DiskOptions == nil {
+		return c.Disk
+	}
+	d := *me.DiskOptions
+	for _, s := range c.peerSecs {
+		_ = applySection(&d, s, diskTable, secPeerDisk, nil) // checked when built
+	}
+	return d
 }
 
 // Host is one node's "on" section, with resource-level volume settings
@@ -129,22 +184,30 @@ type Host struct {
 	Device        string // "/dev/drbd0", "minor 0", "/dev/drbd0 minor 0" or "/dev/nbd0"; "" if unset
 	Export        string // blockrep extension: TCP address "IP:PORT" for the NBD export; "" if unset
 	InitiatorName string // blockrep extension (future iSCSI): initiator IQN; "" if unset
+	// DiskOptions are this host's effective disk options when its on
+	// section (or its volume) has a disk section: the resource's Disk with
+	// them applied. nil means the resource's Disk.
+	DiskOptions *DiskOptions
 }
 
 // Connection is one pair of hosts that replicate to each other.
 type Connection struct {
 	Pos          Pos // of the connection, connection-mesh or (implicit mesh) resource section
 	A, B         *Host
-	AddrA, AddrB string
-	Net          NetOptions  // effective: common < resource net < connection(-mesh) net
-	Disk         DiskOptions // resource disk options with this connection's peer-device options applied
+	AddrA, AddrB string // each host's own address on this connection
+	// OutsideA and OutsideB are the addresses the peer connects to when a
+	// host is behind NAT ("via outside-address"); "" means AddrA / AddrB.
+	OutsideA, OutsideB string
+	Net                NetOptions  // effective: common < resource net < connection(-mesh) net
+	Disk               DiskOptions // resource disk options with this connection's peer-device options applied
+	peerSecs           []*stmt     // the connection's peer-device disk sections, for hosts with their own disk options
 }
 
 // Peer is a connection seen from one of its hosts.
 type Peer struct {
 	Host         *Host // the peer
 	LocalAddress string
-	PeerAddress  string
+	PeerAddress  string      // where to reach the peer: its outside-address behind NAT, else its address
 	Net          NetOptions  // effective: common < resource net < connection(-mesh) net
 	Disk         DiskOptions // effective peer-device options (resync-rate, c-*)
 	Pos          Pos
@@ -268,6 +331,7 @@ const (
 	secNet
 	secDisk
 	secPeerDisk // a connection's disk section: peer-device options only
+	secVolume   // a volume section's own options
 )
 
 func (s section) String() string {
@@ -284,6 +348,8 @@ func (s section) String() string {
 		return "disk section"
 	case secPeerDisk:
 		return "connection disk section"
+	case secVolume:
+		return "volume section"
 	}
 	return "section"
 }
@@ -340,6 +406,8 @@ var ignoredOptions = []ignoredOption{
 	{"resync-after", secDisk, anyValue},
 	{"bitmap", secDisk | secPeerDisk, flagValue},
 	{"peer-tiebreaker", secDisk | secPeerDisk, flagValue},
+
+	{"tiebreaker", secVolume, flagValue},
 }
 
 // IgnoredOptions returns the names of the DRBD options blockrep accepts and

@@ -2,10 +2,12 @@
 // files, so that existing DRBD configurations load unchanged where they use
 // features blockrep has.
 //
-// Every node reads the same files. Load reads every *.res file of the
-// configuration directory (and what they include); Config.Resource finds a
-// resource, Resource.Host a node's "on" section and Resource.Peers the
-// connections of that node with their effective options:
+// Every node reads the same files. Load reads the configuration directory's
+// global_common.conf and every *.res file (and what they include);
+// Config.Resource finds a resource, Resource.Host a node's "on" section
+// (names matched as drbdadm matches them: a short name matches a fully
+// qualified one) and Resource.Peers the connections of that node with their
+// effective options:
 //
 //	cfg, err := config.Load("/etc/blockrep")
 //	r, err := cfg.Resource("r0")
@@ -19,9 +21,17 @@
 //     but ignores are listed by IgnoredOptions; each use adds a Warning.
 //   - Options layer as common < resource < connection (or connection-mesh);
 //     a later level overrides single options, not whole sections.
-//   - device, disk and meta-disk at resource level (or in its volume 0) are
-//     defaults for every on section. Only volume 0 exists: one resource is one
-//     replicated block device.
+//   - device, disk and meta-disk at resource level (or in its volume) are
+//     defaults for every on section. One resource is one replicated block
+//     device: one volume (usually 0); a second volume is refused.
+//   - DRBD 8.4 forms that drbdadm 9 reads load too (compat.go): resource-level
+//     protocol, syncer { }, fencing in disk { }, no-FLAG, outdate-peer, and a
+//     two-host resource without node-id (drbdadm's implicit ids).
+//   - Valid DRBD features blockrep lacks (DRBD Proxy, floating, stacked
+//     resources, dual-primary, several paths per connection, ...) are refused
+//     by one error naming the statement and the feature.
+//   - An on section (or its volume) may have its own disk { } options:
+//     Host.DiskOptions.
 //   - meta-disk defaults to internal (DRBD requires it to be given).
 //   - Without connection or connection-mesh sections, every pair of hosts is
 //     connected by their addresses (the implicit full mesh).

@@ -36,18 +36,34 @@ func (r *Resource) Dump(w io.Writer) error {
 		if h.Address != "" {
 			d.line(2, "address %s;", d.addr(h.Address))
 		}
+		depth := 2
+		if r.Volume != 0 {
+			d.line(2, "volume %d {", r.Volume)
+			depth = 3
+		}
 		if h.Device != "" {
 			words := strings.Fields(h.Device) // parseDevice rejects blanks inside a path
 			for i, w := range words {
 				words[i] = d.word(w)
 			}
-			d.line(2, "device %s;", strings.Join(words, " "))
+			d.line(depth, "device %s;", strings.Join(words, " "))
 		}
-		d.line(2, "disk %s;", d.word(h.Disk))
+		d.line(depth, "disk %s;", d.word(h.Disk))
 		if h.MetaIndex >= 0 {
-			d.line(2, "meta-disk %s [%d];", d.word(h.MetaDisk), h.MetaIndex)
+			d.line(depth, "meta-disk %s [%d];", d.word(h.MetaDisk), h.MetaIndex)
 		} else {
-			d.line(2, "meta-disk %s;", d.word(h.MetaDisk))
+			d.line(depth, "meta-disk %s;", d.word(h.MetaDisk))
+		}
+		if r.Volume != 0 {
+			d.line(2, "}")
+		}
+		if h.DiskOptions != nil {
+			// Printed even when empty: the host then has its own disk options.
+			d.line(2, "disk {")
+			for _, o := range diffOptions(diskTable, h.DiskOptions, &r.Disk, false) {
+				d.line(3, "%s %s;", o[0], d.word(o[1]))
+			}
+			d.line(2, "}")
 		}
 		if h.Export != "" {
 			d.line(2, "export %s;", d.addr(h.Export))
@@ -61,8 +77,13 @@ func (r *Resource) Dump(w io.Writer) error {
 	if !r.implicitConns() {
 		for _, c := range r.Conns {
 			d.line(1, "connection {")
-			d.line(2, "host %s address %s;", d.word(c.A.Name), d.addr(c.AddrA))
-			d.line(2, "host %s address %s;", d.word(c.B.Name), d.addr(c.AddrB))
+			for _, e := range []struct{ name, addr, outside string }{{c.A.Name, c.AddrA, c.OutsideA}, {c.B.Name, c.AddrB, c.OutsideB}} {
+				if e.outside != "" {
+					d.line(2, "host %s address %s via outside-address %s;", d.word(e.name), d.addr(e.addr), d.addr(e.outside))
+				} else {
+					d.line(2, "host %s address %s;", d.word(e.name), d.addr(e.addr))
+				}
+			}
 			d.section(2, "net", diffOptions(netTable, &c.Net, &r.Net, false))
 			d.section(2, "disk", diffOptions(diskTable, &c.Disk, &r.Disk, true))
 			d.line(1, "}")

@@ -24,7 +24,8 @@ var fuzzFS = memFS{
 func FuzzParse(f *testing.F) {
 	files, _ := filepath.Glob("testdata/*.res")
 	more, _ := filepath.Glob("testdata/*.conf")
-	for _, name := range append(files, more...) {
+	corpus, _ := filepath.Glob("testdata/corpus/*.res")
+	for _, name := range append(append(files, more...), corpus...) {
 		b, err := os.ReadFile(name)
 		if err != nil {
 			f.Fatal(err)

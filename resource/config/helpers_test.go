@@ -55,6 +55,7 @@ func stripPos(r *Resource) *Resource {
 	}
 	for _, c := range r.Conns {
 		c.Pos = Pos{}
+		c.peerSecs = nil // the statements a dump re-creates
 	}
 	return r
 }

@@ -39,6 +39,13 @@ func (r *Resource) NotHonoured(node string) []string {
 	if r.Disk.CDelayTarget != dd.CDelayTarget {
 		add("c-delay-target")
 	}
+	if h, err := r.Host(node); err == nil && h.DiskOptions != nil {
+		d := h.DiskOptions
+		if d.OnIOError != r.Disk.OnIOError || d.ALExtents != r.Disk.ALExtents || d.ALUpdates != r.Disk.ALUpdates ||
+			d.DiskFlushes != r.Disk.DiskFlushes || d.MDFlushes != r.Disk.MDFlushes || d.DiskTimeout != r.Disk.DiskTimeout {
+			add("disk options of on %s other than the resync ones (the resource's disk options are used)", h.Name)
+		}
+	}
 	peers, _ := r.Peers(node)
 	dn := DefaultNetOptions()
 	for _, p := range peers {

@@ -13,14 +13,24 @@ import (
 // maxFileSize bounds one configuration file; real ones are a few KiB.
 const maxFileSize = 16 << 20
 
-// Load parses every *.res file directly in dir (lexical order) and the files
-// they include. Positions name files relative to dir where possible.
+// Load parses dir's global_common.conf, if there is one, and every *.res
+// file directly in dir (lexical order), with the files they include.
+// global_common.conf is read whether or not a .res file includes it (there
+// is no drbd.conf to include it), and at most once. Positions name files
+// relative to dir where possible.
 func Load(dir string) (*Config, error) {
 	entries, err := os.ReadDir(dir)
 	if err != nil {
 		return nil, err
 	}
 	l := newLoader(osFS{}, dir)
+	for _, e := range entries {
+		if e.Name() == "global_common.conf" && e.Type().IsRegular() {
+			if err := l.path(filepath.Join(dir, e.Name()), Pos{}); err != nil {
+				return nil, err
+			}
+		}
+	}
 	for _, e := range entries { // ReadDir sorts by name
 		if !strings.HasSuffix(e.Name(), ".res") || e.IsDir() {
 			continue

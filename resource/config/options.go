@@ -15,13 +15,12 @@ import (
 type option[T any] struct {
 	name   string
 	peer   bool // disk options that may also sit in a connection's disk section
+	flag   bool // yes/no: DRBD also reads "no-NAME;" for "NAME no;"
 	parse  func(o *T, s *stmt) error
 	format func(o *T) string
 }
 
 const decisecond = 100 * time.Millisecond
-
-var hashAlgs = []string{"crc32c", "md5", "sha1", "sha256", "sha512"}
 
 var netTable = []option[NetOptions]{
 	{
@@ -55,7 +54,7 @@ var netTable = []option[NetOptions]{
 		},
 		format: func(o *NetOptions) string { return o.SharedSecret },
 	},
-	enumOpt("cram-hmac-alg", func(o *NetOptions) *string { return &o.CramHMACAlg }, "sha1", "sha256", "sha512"),
+	algOpt("cram-hmac-alg", func(o *NetOptions) *string { return &o.CramHMACAlg }),
 	durOpt("timeout", func(o *NetOptions) *time.Duration { return &o.Timeout }, decisecond, 1, 600),
 	durOpt("ping-int", func(o *NetOptions) *time.Duration { return &o.PingInt }, time.Second, 1, 120),
 	durOpt("ping-timeout", func(o *NetOptions) *time.Duration { return &o.PingTimeout }, decisecond, 1, 300),
@@ -94,9 +93,9 @@ var netTable = []option[NetOptions]{
 	sizeOpt("congestion-fill", func(o *NetOptions) *int64 { return &o.CongestionFill }, 512, 0, 10<<21),
 	intOpt("congestion-extents", func(o *NetOptions) *int { return &o.CongestionExtents }, 67, 65534),
 	enumOpt("fencing", func(o *NetOptions) *string { return &o.Fencing }, "dont-care", "resource-only", "resource-and-stonith"),
-	enumOpt("csums-alg", func(o *NetOptions) *string { return &o.CsumsAlg }, hashAlgs...),
-	enumOpt("verify-alg", func(o *NetOptions) *string { return &o.VerifyAlg }, hashAlgs...),
-	enumOpt("data-integrity-alg", func(o *NetOptions) *string { return &o.DataIntegrityAlg }, hashAlgs...),
+	algOpt("csums-alg", func(o *NetOptions) *string { return &o.CsumsAlg }),
+	algOpt("verify-alg", func(o *NetOptions) *string { return &o.VerifyAlg }),
+	algOpt("data-integrity-alg", func(o *NetOptions) *string { return &o.DataIntegrityAlg }),
 	enumOpt("compression", func(o *NetOptions) *string { return &o.Compression }, "none", "zstd", "s2"),
 	{
 		name: "allow-two-primaries",
@@ -106,7 +105,7 @@ var netTable = []option[NetOptions]{
 				return err
 			}
 			if v {
-				return errorf(s.pos, "allow-two-primaries yes: blockrep does not support dual primary")
+				return unsupported(s.pos, "allow-two-primaries yes", "dual-primary")
 			}
 			o.AllowTwoPrimaries = false
 			return nil
@@ -180,6 +179,7 @@ func peerOptionNames() string {
 func applySection[T any](o *T, sec *stmt, table []option[T], in section, warn func(Pos, string)) error {
 	seen := map[string]Pos{}
 	for _, s := range sec.block {
+		s = noPrefix(s, table, in)
 		if first, ok := seen[s.name]; ok {
 			return errorf(s.pos, "%s given twice in %s (first at %s)", s.name, in, first)
 		}
@@ -202,6 +202,20 @@ func applySection[T any](o *T, sec *stmt, table []option[T], in section, warn fu
 		return unknownStmt(s, in.String())
 	}
 	return nil
+}
+
+// noPrefix rewrites DRBD's "no-NAME;" for a yes/no option to "NAME no;".
+func noPrefix[T any](s *stmt, table []option[T], in section) *stmt {
+	name, ok := strings.CutPrefix(s.name, "no-")
+	if !ok || s.hasBlock || len(s.args) != 0 {
+		return s
+	}
+	opt := findOption(table, name)
+	ig := findIgnored(in, name)
+	if (opt == nil || !opt.flag) && (ig == nil || ig.check(&stmt{pos: s.pos, name: name}) != nil) {
+		return s // not a yes/no option: a zero-value check fails
+	}
+	return &stmt{pos: s.pos, name: name, args: []string{"no"}}
 }
 
 func unknownStmt(s *stmt, where string) error {
@@ -299,9 +313,47 @@ func enumOpt[T any](name string, f func(*T) *string, values ...string) option[T]
 	}
 }
 
+// algOpt is an algorithm name of the kernel's crypto API ("sha1",
+// "crc32c", "hmac(sha256)", ...). Any well-formed name is accepted, as
+// drbdadm does: whoever uses the option refuses an algorithm it does not
+// have, naming it.
+func algOpt[T any](name string, f func(*T) *string) option[T] {
+	return option[T]{
+		name: name,
+		parse: func(o *T, s *stmt) error {
+			v, err := oneArg(s)
+			if err != nil {
+				return err
+			}
+			if !cryptoName(v) {
+				return errorf(s.pos, "bad %s %q: want a crypto API algorithm name such as sha256 or crc32c", name, v)
+			}
+			*f(o) = v
+			return nil
+		},
+		format: func(o *T) string { return *f(o) },
+	}
+}
+
+// cryptoName reports whether v looks like a crypto API algorithm name
+// (CRYPTO_MAX_ALG_NAME is 128 bytes with its NUL).
+func cryptoName(v string) bool {
+	if v == "" || len(v) > 127 {
+		return false
+	}
+	for i := 0; i < len(v); i++ {
+		c := v[i]
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || strings.IndexByte("-_(),.", c) >= 0) {
+			return false
+		}
+	}
+	return true
+}
+
 func boolOpt[T any](name string, f func(*T) *bool) option[T] {
 	return option[T]{
 		name: name,
+		flag: true,
 		parse: func(o *T, s *stmt) error {
 			v, err := parseBool(s)
 			if err != nil {

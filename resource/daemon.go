@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"os"
 	"slices"
 	"sync"
@@ -395,6 +396,9 @@ func (d *Daemon) up(name string) (*running, error) {
 	for _, o := range res.NotHonoured(d.Node) {
 		log.Warn("option accepted but not honoured by this version: " + o)
 	}
+	if err := checkExposure(res, host); err != nil {
+		return nil, err
+	}
 	for _, p := range vcfg.Peers {
 		if p.Secret == "" {
 			log.Warn("no shared-secret: peers of this resource are not authenticated", "peer", p.Name)
@@ -719,5 +723,33 @@ func (r *running) setFault(rule string) error {
 		f.SetRules(rules...)
 	}
 	r.log.Warn("fault injection", "rule", rule)
+	return nil
+}
+
+// checkExposure refuses to bring up a resource that would take unauthenticated peers
+// from beyond this host, or serve its export on every address, unless the configuration
+// says the operator chose it: secure by default.
+func checkExposure(res *config.Resource, host *config.Host) error {
+	peers, err := res.Peers(host.Name)
+	if err != nil {
+		return err
+	}
+	for _, p := range peers {
+		if p.Net.SharedSecret != "" || p.Net.AllowUnauthenticated {
+			continue
+		}
+		for _, a := range []string{p.PeerAddress, p.LocalAddress} {
+			if ap, err := netip.ParseAddrPort(a); err == nil && !ap.Addr().IsLoopback() {
+				return &config.Error{Pos: p.Pos, Msg: fmt.Sprintf("connection %s - %s on %s has no authentication: set net { shared-secret \"…\"; } (or net { allow-unauthenticated yes; } to accept any peer that can reach it)",
+					host.Name, p.Host.Name, ap.Addr())}
+			}
+		}
+	}
+	if host.Export != "" && !host.ExportAllowAny {
+		if ap, err := netip.ParseAddrPort(host.Export); err == nil && ap.Addr().IsUnspecified() {
+			return &config.Error{Pos: host.Pos, Msg: fmt.Sprintf("export %s serves the volume on every address: name one address, or add export-allow-any yes; to the on %s section",
+				host.Export, host.Name)}
+		}
+	}
 	return nil
 }

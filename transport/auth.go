@@ -66,6 +66,12 @@ func nonce() []byte {
 	return b
 }
 
+// preAuthMax bounds a message from a peer that has not authenticated yet.
+const preAuthMax = 1024
+
+// refusedLine is all an unauthenticated dialer is told when it is refused.
+const refusedLine = "refused (wrong resource, node ids or shared-secret: see the peer's log)"
+
 // HandshakeTimeout bounds the hello exchange.
 var HandshakeTimeout = 5 * time.Second
 
@@ -122,7 +128,7 @@ func clientHello(nc net.Conn, id Identity) (*Conn, error) {
 	if err := c.Send(MsgHello, e.B, nil); err != nil {
 		return nil, err
 	}
-	t, p, err := c.ReadMsg()
+	t, p, err := c.readMsgMax(preAuthMax)
 	if err != nil {
 		return nil, err
 	}
@@ -148,7 +154,7 @@ func clientHello(nc net.Conn, id Identity) (*Conn, error) {
 	if err := c.Send(MsgAuth, proof(id.Alg, id.Secret, "dialer", id.Resource, id.LocalID, id.PeerID, na, nd), nil); err != nil {
 		return nil, err
 	}
-	t, p, err = c.ReadMsg()
+	t, p, err = c.readMsgMax(preAuthMax)
 	if err != nil {
 		return nil, err
 	}
@@ -196,7 +202,9 @@ func serverHello(nc net.Conn, lookup Lookup) (*Conn, error) {
 	c := newConn(nc)
 	nc.SetDeadline(time.Now().Add(HandshakeTimeout))
 	defer nc.SetDeadline(time.Time{})
-	t, p, err := c.ReadMsg()
+	// Until the dialer proves it knows the secret it gets a small buffer and learns
+	// nothing: every refusal it sees is the same line; the reason goes to our log.
+	t, p, err := c.readMsgMax(preAuthMax)
 	if err != nil {
 		return nil, err
 	}
@@ -212,7 +220,7 @@ func serverHello(nc net.Conn, lookup Lookup) (*Conn, error) {
 	}
 	refuse := func(msg string) error {
 		var e Enc
-		e.Str(msg)
+		e.Str(refusedLine)
 		c.Send(MsgAuthResult, e.B, nil)
 		return fmt.Errorf("%w: %s", ErrAuth, msg)
 	}
@@ -231,7 +239,7 @@ func serverHello(nc net.Conn, lookup Lookup) (*Conn, error) {
 	if err := c.Send(MsgHelloAck, e.B, nil); err != nil {
 		return nil, err
 	}
-	t, p, err = c.ReadMsg()
+	t, p, err = c.readMsgMax(preAuthMax)
 	if err != nil {
 		return nil, err
 	}

@@ -148,7 +148,10 @@ func (c *Conn) Buffered() bool {
 
 // ReadMsg reads the next message. The payload aliases an internal buffer that the next
 // ReadMsg reuses. Only one goroutine may read.
-func (c *Conn) ReadMsg() (MsgType, []byte, error) {
+func (c *Conn) ReadMsg() (MsgType, []byte, error) { return c.readMsgMax(MaxPayload) }
+
+// readMsgMax is ReadMsg with a smaller bound on the payload.
+func (c *Conn) readMsgMax(max uint32) (MsgType, []byte, error) {
 	if _, err := io.ReadFull(c.r, c.rhdr[:]); err != nil {
 		return 0, nil, err
 	}
@@ -157,8 +160,8 @@ func (c *Conn) ReadMsg() (MsgType, []byte, error) {
 	}
 	t := MsgType(binary.BigEndian.Uint16(c.rhdr[4:]))
 	n := binary.BigEndian.Uint32(c.rhdr[8:])
-	if n > MaxPayload {
-		return 0, nil, protoErr("%s payload of %d bytes exceeds %d", t, n, MaxPayload)
+	if n > max {
+		return 0, nil, protoErr("%s payload of %d bytes exceeds %d", t, n, max)
 	}
 	if int(n) > cap(c.rbuf) {
 		c.rbuf = make([]byte, n)

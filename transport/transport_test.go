@@ -273,3 +273,44 @@ func TestBufferedMeansAWholeMessage(t *testing.T) {
 	step("next payload cut", nil, 1, false)
 	step("nothing next", third[2000:], 1, false)
 }
+
+// TestUnauthenticatedDialerLearnsNothing: before a dialer proves the secret, the
+// acceptor reads at most a small message and answers every refusal with the same line,
+// whatever the reason (wrong resource, node id or secret).
+func TestUnauthenticatedDialerLearnsNothing(t *testing.T) {
+	lookup := func(h Hello) (Identity, error) {
+		if h.LocalID != 0 {
+			return Identity{}, errors.New("node-id 5 is not this node (0)")
+		}
+		return Identity{Resource: "r0", LocalID: 0, PeerID: h.PeerID, Secret: "right"}, nil
+	}
+	for _, id := range []Identity{
+		{Resource: "r0", LocalID: 1, PeerID: 5, Secret: "right"}, // wrong node id
+		{Resource: "r0", LocalID: 1, PeerID: 0, Secret: "wrong"}, // wrong secret
+	} {
+		a, b := net.Pipe()
+		errc := make(chan error, 1)
+		go func() { _, err := Accept(b, lookup); errc <- err }()
+		_, err := clientHello(a, id)
+		a.Close()
+		if err == nil || strings.Contains(err.Error(), "node-id") || id.Secret == "right" && !strings.Contains(err.Error(), refusedLine) {
+			t.Errorf("dialer %+v was told %v; want only %q", id, err, refusedLine)
+		}
+		if aerr := <-errc; aerr == nil {
+			t.Errorf("acceptor took dialer %+v", id)
+		}
+	}
+	// A huge Hello is refused from its header, before any allocation of its size.
+	a, b := net.Pipe()
+	errc := make(chan error, 1)
+	go func() { _, err := Accept(b, lookup); errc <- err }()
+	hdr := make([]byte, headerSize)
+	binary.BigEndian.PutUint32(hdr[0:], frameMagic)
+	binary.BigEndian.PutUint16(hdr[4:], uint16(MsgHello))
+	binary.BigEndian.PutUint32(hdr[8:], 30<<20)
+	go a.Write(hdr)
+	if err := <-errc; err == nil || !strings.Contains(err.Error(), "exceeds 1024") {
+		t.Fatalf("a 30 MiB Hello: %v", err)
+	}
+	a.Close()
+}

@@ -595,7 +595,7 @@ func (b *builder) host(s *stmt, r *Resource, def *volume) (*Host, *volume, error
 	h := &Host{Name: s.args[0], Pos: s.pos, MetaIndex: -1, NodeID: -1}
 	where := "on " + h.Name
 	var vol volume
-	var nodeID, address, export, initiator, diskOpts *stmt
+	var nodeID, address, export, exportAny, initiator, diskOpts *stmt
 	for _, c := range s.block {
 		var slot **stmt
 		switch c.name {
@@ -605,6 +605,8 @@ func (b *builder) host(s *stmt, r *Resource, def *volume) (*Host, *volume, error
 			slot = &address
 		case "export":
 			slot = &export
+		case "export-allow-any":
+			slot = &exportAny
 		case "initiator-name":
 			slot = &initiator
 		case "disk", "device", "meta-disk", "flexible-meta-disk":
@@ -650,6 +652,11 @@ func (b *builder) host(s *stmt, r *Resource, def *volume) (*Host, *volume, error
 
 	if address != nil {
 		if h.Address, err = parseAddress(address, address.args); err != nil {
+			return nil, nil, err
+		}
+	}
+	if exportAny != nil {
+		if h.ExportAllowAny, err = parseBool(exportAny); err != nil {
 			return nil, nil, err
 		}
 	}

@@ -183,6 +183,9 @@ type Host struct {
 	MetaIndex     int    // -1 = internal or flexible external; DRBD "meta-disk /dev/x [N]" index otherwise
 	Device        string // "/dev/drbd0", "minor 0", "/dev/drbd0 minor 0" or "/dev/nbd0"; "" if unset
 	Export        string // blockrep extension: TCP address "IP:PORT" for the NBD export; "" if unset
+	// ExportAllowAny (blockrep extension export-allow-any): the operator chose to serve
+	// the export on a wildcard address (0.0.0.0, ::).
+	ExportAllowAny bool
 	InitiatorName string // blockrep extension (future iSCSI): initiator IQN; "" if unset
 	// DiskOptions are this host's effective disk options when its on
 	// section (or its volume) has a disk section: the resource's Disk with
@@ -240,6 +243,9 @@ type NetOptions struct {
 	VerifyAlg         string
 	DataIntegrityAlg  string
 	Compression       string // blockrep extension: none (default) | zstd | s2
+	// AllowUnauthenticated (blockrep extension allow-unauthenticated): the operator
+	// accepts peers on non-loopback addresses without a shared-secret.
+	AllowUnauthenticated bool
 	AllowTwoPrimaries bool   // always false: "yes" is rejected
 }
 

@@ -65,6 +65,9 @@ func (r *Resource) Dump(w io.Writer) error {
 			}
 			d.line(2, "}")
 		}
+		if h.ExportAllowAny {
+			d.line(2, "export-allow-any yes;")
+		}
 		if h.Export != "" {
 			d.line(2, "export %s;", d.addr(h.Export))
 		}

@@ -97,6 +97,7 @@ var netTable = []option[NetOptions]{
 	algOpt("verify-alg", func(o *NetOptions) *string { return &o.VerifyAlg }),
 	algOpt("data-integrity-alg", func(o *NetOptions) *string { return &o.DataIntegrityAlg }),
 	enumOpt("compression", func(o *NetOptions) *string { return &o.Compression }, "none", "zstd", "s2"),
+	boolOpt("allow-unauthenticated", func(o *NetOptions) *bool { return &o.AllowUnauthenticated }),
 	{
 		name: "allow-two-primaries",
 		parse: func(o *NetOptions, s *stmt) error {

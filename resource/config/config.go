@@ -174,19 +174,19 @@ func (c *Connection) peerDisk(me *Host) DiskOptions {
 // Host is one node's "on" section, with resource-level volume settings
 // merged in.
 type Host struct {
-	Name          string
-	Pos           Pos
-	NodeID        int
-	Address       string // "IP:PORT" (IPv6 as "[::1]:7789"); "" if none
-	Disk          string // backing path; "none" = diskless
-	MetaDisk      string // "internal" (the default) or a path
-	MetaIndex     int    // -1 = internal or flexible external; DRBD "meta-disk /dev/x [N]" index otherwise
-	Device        string // "/dev/drbd0", "minor 0", "/dev/drbd0 minor 0" or "/dev/nbd0"; "" if unset
-	Export        string // blockrep extension: TCP address "IP:PORT" for the NBD export; "" if unset
+	Name      string
+	Pos       Pos
+	NodeID    int
+	Address   string // "IP:PORT" (IPv6 as "[::1]:7789"); "" if none
+	Disk      string // backing path; "none" = diskless
+	MetaDisk  string // "internal" (the default) or a path
+	MetaIndex int    // -1 = internal or flexible external; DRBD "meta-disk /dev/x [N]" index otherwise
+	Device    string // "/dev/drbd0", "minor 0", "/dev/drbd0 minor 0" or "/dev/nbd0"; "" if unset
+	Export    string // blockrep extension: TCP address "IP:PORT" for the NBD export; "" if unset
 	// ExportAllowAny (blockrep extension export-allow-any): the operator chose to serve
 	// the export on a wildcard address (0.0.0.0, ::).
 	ExportAllowAny bool
-	InitiatorName string // blockrep extension (future iSCSI): initiator IQN; "" if unset
+	InitiatorName  string // blockrep extension (future iSCSI): initiator IQN; "" if unset
 	// DiskOptions are this host's effective disk options when its on
 	// section (or its volume) has a disk section: the resource's Disk with
 	// them applied. nil means the resource's Disk.
@@ -246,7 +246,7 @@ type NetOptions struct {
 	// AllowUnauthenticated (blockrep extension allow-unauthenticated): the operator
 	// accepts peers on non-loopback addresses without a shared-secret.
 	AllowUnauthenticated bool
-	AllowTwoPrimaries bool   // always false: "yes" is rejected
+	AllowTwoPrimaries    bool // always false: "yes" is rejected
 }
 
 // DiskOptions are a resource's disk options; the resync controller ones

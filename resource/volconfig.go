@@ -40,7 +40,7 @@ func volumeConfig(r *config.Resource, node string, log *slog.Logger) (blockrep.C
 		return blockrep.Config{}, fmt.Errorf("%s: %v", r.Pos, err)
 	}
 	cfg := blockrep.Config{
-		Quorum: quorum, Resource: r.Name, NodeID: h.NodeID, NodeName: h.Name, Disk: h.Disk, MetaDisk: h.MetaDisk,
+		Quorum: quorum, HandlerTimeout: r.Options.HandlerTimeout, Resource: r.Name, NodeID: h.NodeID, NodeName: h.Name, Disk: h.Disk, MetaDisk: h.MetaDisk,
 		ALExtents: r.Disk.ALExtents, ALUpdates: r.Disk.ALUpdates, Logger: log,
 		OnIOError: onIOError, Handlers: r.Handlers,
 		OpenDevice: deviceOpener(h),

@@ -275,6 +275,9 @@ type Options struct {
 	OnNoDataAccessible      string // io-error (default) | suspend-io
 	AutoPromote             bool   // default true
 	Storage                 string // blockrep extension: replicated (default) | shared
+	// HandlerTimeout (blockrep extension handler-timeout, seconds): a handler still
+	// running then is killed and counts as failed. Default 60 s.
+	HandlerTimeout time.Duration
 }
 
 // DefaultNetOptions returns DRBD's defaults (drbd_limits.h).
@@ -324,6 +327,7 @@ func DefaultOptions() Options {
 		OnNoDataAccessible:      "io-error",
 		AutoPromote:             true,
 		Storage:                 "replicated",
+		HandlerTimeout:          60 * time.Second,
 	}
 }
 

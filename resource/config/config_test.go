@@ -185,7 +185,7 @@ func TestDefaults(t *testing.T) {
 		CDelayTarget: time.Second, CMaxRate: 102400 * 1024, CMinRate: 250 * 1024,
 	}
 	wantOpts := Options{Quorum: "off", QuorumMinimumRedundancy: "off", OnNoQuorum: "suspend-io",
-		OnNoDataAccessible: "io-error", AutoPromote: true, Storage: "replicated"}
+		OnNoDataAccessible: "io-error", AutoPromote: true, Storage: "replicated", HandlerTimeout: time.Minute}
 	if r.Net != wantNet {
 		t.Errorf("net defaults\n got %+v\nwant %+v", r.Net, wantNet)
 	}

@@ -139,6 +139,7 @@ var optionsTable = []option[Options]{
 	enumOpt("on-no-data-accessible", func(o *Options) *string { return &o.OnNoDataAccessible }, "io-error", "suspend-io"),
 	boolOpt("auto-promote", func(o *Options) *bool { return &o.AutoPromote }),
 	enumOpt("storage", func(o *Options) *string { return &o.Storage }, "replicated", "shared"),
+	durOpt("handler-timeout", func(o *Options) *time.Duration { return &o.HandlerTimeout }, time.Second, 1, 3600),
 }
 
 // handlerNames are DRBD 9's handlers; blockrep runs them the same way.

@@ -363,7 +363,7 @@ func (p *Peer) obtainLink() *transport.Conn {
 
 func (p *Peer) identity() transport.Identity {
 	return transport.Identity{Resource: p.v.cfg.Resource, LocalID: p.v.cfg.NodeID, PeerID: p.cfg.NodeID,
-		Secret: p.cfg.Secret, Alg: p.cfg.HMACAlg}
+		Secret: p.cfg.Secret, Alg: p.cfg.HMACAlg, TLS: p.cfg.TLS, PeerName: p.cfg.Name}
 }
 
 // keepalive pings the peer and declares it dead when it has been silent too long. It

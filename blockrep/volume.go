@@ -2,6 +2,7 @@ package blockrep
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -70,6 +71,9 @@ type PeerConfig struct {
 	Settings string
 	// Fencing: what losing this peer while Primary triggers.
 	Fencing FencingPolicy
+	// TLS, when set, is the client configuration of the link (TLS 1.3, mutual
+	// certificates; the peer's must name the peer's host, Name).
+	TLS *tls.Config
 }
 
 // ResyncConfig controls resync speed (DRBD's resync-rate and c-* options, in bytes).

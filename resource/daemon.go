@@ -2,6 +2,7 @@ package resource
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -59,10 +60,11 @@ type running struct {
 	// replication, the writer protected by a SCSI persistent reservation).
 	shared *fence.Shared
 
-	peerLn  net.Listener
-	exports *nbd.Server
-	expLns  []net.Listener
-	wg      sync.WaitGroup
+	peerLn    net.Listener
+	serverTLS *tls.Config // the listener's TLS configuration (net { tls yes; }), or nil
+	exports   *nbd.Server
+	expLns    []net.Listener
+	wg        sync.WaitGroup
 
 	eventState
 }
@@ -399,12 +401,20 @@ func (d *Daemon) up(name string) (*running, error) {
 	if err := checkExposure(res, host); err != nil {
 		return nil, err
 	}
+	cpeers, err := res.Peers(host.Name)
+	if err != nil {
+		return nil, err
+	}
+	_, serverTLS, err := tlsConfigs(host, cpeers)
+	if err != nil {
+		return nil, err
+	}
 	for _, p := range vcfg.Peers {
 		if p.Secret == "" {
 			log.Warn("no shared-secret: peers of this resource are not authenticated", "peer", p.Name)
 		}
 	}
-	r := &running{d: d, cfg: res, host: host, vcfg: vcfg, log: log, wanted: true}
+	r := &running{d: d, cfg: res, host: host, vcfg: vcfg, log: log, wanted: true, serverTLS: serverTLS}
 	r.vcfg.OnChange = r.onChange
 	vcfg = r.vcfg
 	if d.FaultInjection {
@@ -476,7 +486,7 @@ func (r *running) acceptPeers(ln net.Listener) {
 			return
 		}
 		go func() {
-			tc, err := transport.Accept(c, r.identify)
+			tc, err := transport.AcceptTLS(c, r.serverTLS, r.identify)
 			if err != nil {
 				r.log.Warn("peer connection refused", "err", err)
 				return
@@ -500,7 +510,7 @@ func (r *running) identify(h transport.Hello) (transport.Identity, error) {
 	}
 	for _, p := range r.vcfg.Peers {
 		if p.NodeID == h.PeerID {
-			return transport.Identity{Resource: r.cfg.Name, LocalID: r.host.NodeID, PeerID: p.NodeID, Secret: p.Secret, Alg: p.HMACAlg}, nil
+			return transport.Identity{Resource: r.cfg.Name, LocalID: r.host.NodeID, PeerID: p.NodeID, Secret: p.Secret, Alg: p.HMACAlg, PeerName: p.Name}, nil
 		}
 	}
 	return transport.Identity{}, fmt.Errorf("node-id %d is not a peer of %s here", h.PeerID, r.cfg.Name)
@@ -735,12 +745,12 @@ func checkExposure(res *config.Resource, host *config.Host) error {
 		return err
 	}
 	for _, p := range peers {
-		if p.Net.SharedSecret != "" || p.Net.AllowUnauthenticated {
+		if p.Net.SharedSecret != "" || p.Net.TLS || p.Net.AllowUnauthenticated {
 			continue
 		}
 		for _, a := range []string{p.PeerAddress, p.LocalAddress} {
 			if ap, err := netip.ParseAddrPort(a); err == nil && !ap.Addr().IsLoopback() {
-				return &config.Error{Pos: p.Pos, Msg: fmt.Sprintf("connection %s - %s on %s has no authentication: set net { shared-secret \"…\"; } (or net { allow-unauthenticated yes; } to accept any peer that can reach it)",
+				return &config.Error{Pos: p.Pos, Msg: fmt.Sprintf("connection %s - %s on %s has no authentication: set net { shared-secret \"…\"; } or net { tls yes; … } (or net { allow-unauthenticated yes; } to accept any peer that can reach it)",
 					host.Name, p.Host.Name, ap.Addr())}
 			}
 		}

@@ -25,8 +25,9 @@ func TestSecureByDefault(t *testing.T) {
 	cases := []struct {
 		name, src, err string
 	}{
-		{"no secret on a network address", res("", ""), "has no authentication: set net { shared-secret"},
+		{"no secret on a network address", res("", ""), "has no authentication: set net { shared-secret \"…\"; } or net { tls yes; … }"},
 		{"a shared secret", res(`shared-secret "s";`, ""), ""},
+		{"TLS", res(`tls yes; tls-certificate a.pem; tls-key a.key; tls-ca ca.pem;`, ""), ""},
 		{"the operator's choice", res("allow-unauthenticated yes;", ""), ""},
 		{"loopback only", loop, ""},
 		{"export on every address", res(`shared-secret "s";`, "export 0.0.0.0:10809;"), "add export-allow-any yes;"},

@@ -45,6 +45,10 @@ func volumeConfig(r *config.Resource, node string, log *slog.Logger) (blockrep.C
 		OnIOError: onIOError, Handlers: r.Handlers,
 		OpenDevice: deviceOpener(h),
 	}
+	tlsClient, _, err := tlsConfigs(h, peers)
+	if err != nil {
+		return blockrep.Config{}, err
+	}
 	for _, p := range peers {
 		n := &p.Net
 		if p.PeerAddress == "" || p.LocalAddress == "" {
@@ -65,7 +69,7 @@ func volumeConfig(r *config.Resource, node string, log *slog.Logger) (blockrep.C
 			SndBuf: int(n.SndBufSize), RcvBuf: int(n.RcvBufSize),
 			Resync: blockrep.ResyncConfig{Rate: p.Disk.ResyncRate, PlanAhead: p.Disk.CPlanAhead,
 				FillTarget: p.Disk.CFillTarget, MaxRate: p.Disk.CMaxRate, MinRate: p.Disk.CMinRate},
-			Settings: settings(n), Fencing: fencing,
+			Settings: settings(n), Fencing: fencing, TLS: tlsClient,
 		})
 	}
 	return cfg, nil

@@ -7,6 +7,7 @@ import (
 	"crypto/sha1"
 	"crypto/sha256"
 	"crypto/sha512"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"hash"
@@ -30,6 +31,11 @@ type Identity struct {
 	PeerID   int
 	Secret   string
 	Alg      string // cram-hmac-alg: "" (= sha256), sha1, sha256, sha512
+	// TLS, when set, runs the link over TLS (1.3, both sides present certificates signed
+	// by its CA): for Dial, the client configuration; the peer's certificate must name
+	// PeerName (its on section's host name). The HMAC exchange still runs inside.
+	TLS      *tls.Config
+	PeerName string
 }
 
 func macFunc(alg string) (func() hash.Hash, error) {
@@ -94,6 +100,17 @@ func DialWith(ctx context.Context, dial DialFunc, addr, localAddr string, id Ide
 	nc, err := dial(ctx, addr, localAddr)
 	if err != nil {
 		return nil, err
+	}
+	if id.TLS != nil {
+		cfg := id.TLS.Clone()
+		cfg.ServerName = id.PeerName // the peer's certificate must name the peer's host
+		cfg.MinVersion = tls.VersionTLS13
+		tc := tls.Client(nc, cfg)
+		if err := tc.HandshakeContext(ctx); err != nil {
+			nc.Close()
+			return nil, fmt.Errorf("%w: TLS with %s: %v", ErrAuth, id.PeerName, err)
+		}
+		nc = tc
 	}
 	c, err := clientHello(nc, id)
 	if err != nil {
@@ -189,7 +206,42 @@ type Lookup func(h Hello) (Identity, error)
 
 // Accept authenticates an incoming connection. On error the connection is closed and
 // the error says why (for the log).
-func Accept(nc net.Conn, lookup Lookup) (*Conn, error) {
+func Accept(nc net.Conn, lookup Lookup) (*Conn, error) { return AcceptTLS(nc, nil, lookup) }
+
+// AcceptTLS is Accept for a listener whose links run over TLS (server: the server
+// configuration, which must require and verify client certificates). The dialer's
+// certificate must name the peer its hello claims to be (Identity.PeerName).
+func AcceptTLS(nc net.Conn, server *tls.Config, lookup Lookup) (*Conn, error) {
+	var tc *tls.Conn
+	if server != nil {
+		cfg := server.Clone()
+		cfg.MinVersion = tls.VersionTLS13
+		cfg.ClientAuth = tls.RequireAndVerifyClientCert
+		tc = tls.Server(nc, cfg)
+		ctx, cancel := context.WithTimeout(context.Background(), HandshakeTimeout)
+		err := tc.HandshakeContext(ctx)
+		cancel()
+		if err != nil {
+			nc.Close()
+			return nil, fmt.Errorf("connection from %s refused: %w: TLS: %v", nc.RemoteAddr(), ErrAuth, err)
+		}
+		nc = tc
+		inner := lookup
+		lookup = func(h Hello) (Identity, error) {
+			id, err := inner(h)
+			if err != nil {
+				return id, err
+			}
+			certs := tc.ConnectionState().PeerCertificates
+			if len(certs) == 0 {
+				return id, errors.New("no client certificate")
+			}
+			if err := certs[0].VerifyHostname(id.PeerName); err != nil {
+				return id, fmt.Errorf("node-id %d is %s, but its certificate is not for that host: %v", h.PeerID, id.PeerName, err)
+			}
+			return id, nil
+		}
+	}
 	c, err := serverHello(nc, lookup)
 	if err != nil {
 		nc.Close()

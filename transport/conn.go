@@ -99,7 +99,11 @@ func (c *Conn) failed() bool {
 
 // SetBuffers sets the kernel socket buffer sizes (0 leaves the kernel's autotuning).
 func (c *Conn) SetBuffers(snd, rcv int) {
-	tc, ok := c.nc.(*net.TCPConn)
+	nc := c.nc
+	if w, ok := nc.(interface{ NetConn() net.Conn }); ok { // TLS: the socket under it
+		nc = w.NetConn()
+	}
+	tc, ok := nc.(*net.TCPConn)
 	if !ok {
 		return
 	}

@@ -84,6 +84,8 @@ type Options struct {
 	Disk string
 	// Handlers is the text of a handlers section.
 	Handlers string
+	// On is extra text for a node's on section, by node index.
+	On map[int]string
 	// Network places the nodes: Loopback (default), Netns or Proxied (see network.go).
 	Network NetMode
 	// FaultInjection starts the daemons with --fault-injection (the "fault" verb).
@@ -195,9 +197,9 @@ func (c *Cluster) resFile(o Options) string {
 	if o.Handlers != "" {
 		fmt.Fprintf(&b, "    handlers {\n%s    }\n", o.Handlers)
 	}
-	for _, n := range c.Nodes {
-		fmt.Fprintf(&b, "    on %s {\n        node-id %d;\n        address %s;\n        disk %s;\n        meta-disk internal;\n    }\n",
-			n.Name, n.ID, net.JoinHostPort(n.Addr, fmt.Sprint(n.Port)), n.Disk)
+	for i, n := range c.Nodes {
+		fmt.Fprintf(&b, "    on %s {\n        node-id %d;\n        address %s;\n        disk %s;\n        meta-disk internal;\n%s    }\n",
+			n.Name, n.ID, net.JoinHostPort(n.Addr, fmt.Sprint(n.Port)), n.Disk, o.On[i])
 	}
 	// Explicit connections when a protocol differs per connection, or when the peers
 	// must dial each other through the proxies (Proxied: each host's address in a

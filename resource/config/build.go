@@ -595,7 +595,7 @@ func (b *builder) host(s *stmt, r *Resource, def *volume) (*Host, *volume, error
 	h := &Host{Name: s.args[0], Pos: s.pos, MetaIndex: -1, NodeID: -1}
 	where := "on " + h.Name
 	var vol volume
-	var nodeID, address, export, exportAny, initiator, diskOpts *stmt
+	var nodeID, address, export, exportAny, initiator, diskOpts, tlsCert, tlsKey *stmt
 	for _, c := range s.block {
 		var slot **stmt
 		switch c.name {
@@ -607,6 +607,10 @@ func (b *builder) host(s *stmt, r *Resource, def *volume) (*Host, *volume, error
 			slot = &export
 		case "export-allow-any":
 			slot = &exportAny
+		case "tls-certificate":
+			slot = &tlsCert
+		case "tls-key":
+			slot = &tlsKey
 		case "initiator-name":
 			slot = &initiator
 		case "disk", "device", "meta-disk", "flexible-meta-disk":
@@ -657,6 +661,16 @@ func (b *builder) host(s *stmt, r *Resource, def *volume) (*Host, *volume, error
 	}
 	if exportAny != nil {
 		if h.ExportAllowAny, err = parseBool(exportAny); err != nil {
+			return nil, nil, err
+		}
+	}
+	if tlsCert != nil {
+		if h.TLSCertificate, err = oneArg(tlsCert); err != nil {
+			return nil, nil, err
+		}
+	}
+	if tlsKey != nil {
+		if h.TLSKey, err = oneArg(tlsKey); err != nil {
 			return nil, nil, err
 		}
 	}

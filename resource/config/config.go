@@ -183,6 +183,9 @@ type Host struct {
 	MetaIndex int    // -1 = internal or flexible external; DRBD "meta-disk /dev/x [N]" index otherwise
 	Device    string // "/dev/drbd0", "minor 0", "/dev/drbd0 minor 0" or "/dev/nbd0"; "" if unset
 	Export    string // blockrep extension: TCP address "IP:PORT" for the NBD export; "" if unset
+	// TLSCertificate and TLSKey (blockrep extensions in an on section): this node's
+	// certificate and key for TLS peer links, overriding the net section's.
+	TLSCertificate, TLSKey string
 	// ExportAllowAny (blockrep extension export-allow-any): the operator chose to serve
 	// the export on a wildcard address (0.0.0.0, ::).
 	ExportAllowAny bool
@@ -243,6 +246,12 @@ type NetOptions struct {
 	VerifyAlg         string
 	DataIntegrityAlg  string
 	Compression       string // blockrep extension: none (default) | zstd | s2
+	// TLS (DRBD 9.2's tls yes): peer links run over TLS 1.3 with mutual certificates.
+	// TLSCertificate, TLSKey and TLSCA (blockrep extensions) name PEM files: this
+	// node's certificate and key (an on section may give its own) and the CA both
+	// sides' certificates must be signed by.
+	TLS                           bool
+	TLSCertificate, TLSKey, TLSCA string
 	// AllowUnauthenticated (blockrep extension allow-unauthenticated): the operator
 	// accepts peers on non-loopback addresses without a shared-secret.
 	AllowUnauthenticated bool
@@ -398,7 +407,6 @@ var ignoredOptions = []ignoredOption{
 	{"on-suspended-primary-outdated", secOptions, oneOf("disconnect", "force-secondary")},
 
 	{"transport", secNet, oneOf("tcp")},
-	{"tls", secNet, oneOf("no")},
 	{"load-balance-paths", secNet, flagValue},
 	{"max-epoch-size", secNet, anyValue},
 	{"tcp-cork", secNet, flagValue},

@@ -70,7 +70,7 @@ func TestErrors(t *testing.T) {
 		{"bare dual primary flag rejected", twoNode("net { allow-two-primaries; }"), "t.res:2: allow-two-primaries yes: not supported by blockrep: dual-primary"},
 		{"compression lz4 rejected", twoNode("net { compression lz4; }"), `t.res:2: unknown value "lz4" for compression (accepted: none, zstd, s2)`},
 		{"transport other than tcp", twoNode("net { transport rdma; }"), `t.res:2: unknown value "rdma" for transport (accepted: tcp)`},
-		{"tls yes", twoNode("net { tls yes; }"), `t.res:2: unknown value "yes" for tls (accepted: no)`},
+		{"tls value", twoNode("net { tls maybe; }"), `t.res:2: unknown value "maybe" for tls (accepted: yes, no)`},
 		{"quorum out of range", twoNode("options { quorum 33; }"), `t.res:2: unknown value "33" for quorum (accepted: off, majority, all, 1..32)`},
 		{"pull-ahead needs protocol A", twoNode("net { on-congestion pull-ahead; }"), "t.res:2: on-congestion pull-ahead requires protocol A (have C)"},
 		{"discard-node names unknown host", twoNode("net { after-sb-0pri discard-node-gamma; }"), `t.res:2: after-sb-0pri discard-node-gamma names unknown host "gamma"`},
@@ -411,7 +411,6 @@ func TestWarnings(t *testing.T) {
 		`t.res:2: DRBD option "udev-always-use-vnr" is accepted and ignored by blockrep`,
 		`t.res:4: DRBD option "cpu-mask" is accepted and ignored by blockrep`,
 		`t.res:5: DRBD option "transport" is accepted and ignored by blockrep`,
-		`t.res:5: DRBD option "tls" is accepted and ignored by blockrep`,
 		`t.res:5: DRBD option "max-epoch-size" is accepted and ignored by blockrep`,
 		`t.res:6: DRBD option "disk-barrier" is accepted and ignored by blockrep`,
 		`t.res:6: DRBD option "rs-discard-granularity" is accepted and ignored by blockrep`,
@@ -432,8 +431,6 @@ func TestEveryIgnoredOptionWarns(t *testing.T) {
 			value = " no"
 		case o.name == "transport":
 			value = " tcp"
-		case o.name == "tls":
-			value = " no"
 		case o.name == "on-suspended-primary-outdated":
 			value = " disconnect"
 		case reflect.ValueOf(o.check).Pointer() == reflect.ValueOf(flagValue).Pointer():

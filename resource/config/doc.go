@@ -44,6 +44,8 @@
 //
 // blockrep extensions: "export IP:PORT;", "export-allow-any yes;" and
 // "initiator-name IQN;" in on sections, "storage replicated|shared;" in options,
-// "reservation ...;" in disk, "compression none|zstd|s2;" and
-// "allow-unauthenticated yes;" in net.
+// "reservation ...;" in disk, "compression none|zstd|s2;",
+// "allow-unauthenticated yes;" and "tls-certificate|tls-key|tls-ca FILE;" in net
+// (also "tls-certificate" and "tls-key" in on sections), "handler-timeout N;" in
+// options.
 package config

@@ -65,6 +65,12 @@ func (r *Resource) Dump(w io.Writer) error {
 			}
 			d.line(2, "}")
 		}
+		if h.TLSCertificate != "" {
+			d.line(2, "tls-certificate %s;", d.word(h.TLSCertificate))
+		}
+		if h.TLSKey != "" {
+			d.line(2, "tls-key %s;", d.word(h.TLSKey))
+		}
 		if h.ExportAllowAny {
 			d.line(2, "export-allow-any yes;")
 		}

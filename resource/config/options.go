@@ -98,6 +98,10 @@ var netTable = []option[NetOptions]{
 	algOpt("data-integrity-alg", func(o *NetOptions) *string { return &o.DataIntegrityAlg }),
 	enumOpt("compression", func(o *NetOptions) *string { return &o.Compression }, "none", "zstd", "s2"),
 	boolOpt("allow-unauthenticated", func(o *NetOptions) *bool { return &o.AllowUnauthenticated }),
+	boolOpt("tls", func(o *NetOptions) *bool { return &o.TLS }),
+	pathOpt("tls-certificate", func(o *NetOptions) *string { return &o.TLSCertificate }),
+	pathOpt("tls-key", func(o *NetOptions) *string { return &o.TLSKey }),
+	pathOpt("tls-ca", func(o *NetOptions) *string { return &o.TLSCA }),
 	{
 		name: "allow-two-primaries",
 		parse: func(o *NetOptions, s *stmt) error {
@@ -521,4 +525,23 @@ func parseScaled(s string, unit int64) (int64, error) {
 		return n * unit, nil
 	}
 	return ParseSize(s)
+}
+
+// pathOpt is a file path (a certificate, a key).
+func pathOpt[T any](name string, f func(*T) *string) option[T] {
+	return option[T]{
+		name: name,
+		parse: func(o *T, s *stmt) error {
+			v, err := oneArg(s)
+			if err != nil {
+				return err
+			}
+			if v == "" {
+				return errorf(s.pos, "%s needs a file name", name)
+			}
+			*f(o) = v
+			return nil
+		},
+		format: func(o *T) string { return *f(o) },
+	}
 }

@@ -310,6 +310,17 @@ func (c *Core) syncSourceOtherThan(i int) int {
 	return -1
 }
 
+// syncTargetOtherThan returns the index of a peer we are SyncSource of, other than i,
+// or -1.
+func (c *Core) syncTargetOtherThan(i int) int {
+	for j := range c.Peers {
+		if j != i && c.ps(j).Repl.IsSyncSource() {
+			return j
+		}
+	}
+	return -1
+}
+
 // primaryConnectedOtherThan reports whether a peer other than i is a connected Primary.
 func (c *Core) primaryConnectedOtherThan(i int) bool {
 	for j := range c.Peers {

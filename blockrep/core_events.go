@@ -299,7 +299,23 @@ func (EvDiskFailed) apply(c *Core) error {
 	}
 	c.DiskFailed = true
 	primary := c.State.Role == Primary
-	c.mustChange(func(s *State) { s.Disk = Diskless })
+	// A resync from this disk cannot go on: its links close, and the peers it was
+	// bringing up to date stay Inconsistent until the disk is back.
+	var sources []int
+	for i := range c.Peers {
+		if c.ps(i).Repl.IsSyncSource() {
+			sources = append(sources, i)
+		}
+	}
+	c.mustChange(func(s *State) {
+		s.Disk = Diskless
+		for _, i := range sources {
+			s.Peer(c.Peers[i].NodeID).Repl = Established
+		}
+	})
+	for _, i := range sources {
+		c.closeLink(i, "local disk failed: the resync from it cannot go on")
+	}
 	if primary {
 		c.newGeneration(false, true)
 		return nil
@@ -440,6 +456,11 @@ func (e EvSessionUp) apply(c *Core) error {
 		return errors.New(reasonOperator)
 	}
 	res, self, peer := e.Result, e.Self, e.PeerSide
+	// One resync source at a time. (The shell closes the old source's link when the new
+	// one is a Primary; until that session's end is stepped, this one waits.)
+	if j := c.syncSourceOtherThan(i); j >= 0 && res.Repl == SyncTarget {
+		return fmt.Errorf("already SyncTarget of %s; retrying", c.Peers[j].Name)
+	}
 	p.DiscardMyData = false
 	p.Deferred = res.Deferred
 	p.BothInconsistent = res.Deferred && self.Disk <= Inconsistent && peer.Disk <= Inconsistent
@@ -778,6 +799,8 @@ func (c *Core) fullSyncRefusal(i int, selfSource bool) string {
 		return fmt.Sprintf("%s is Primary", c.Name)
 	case !selfSource && c.syncSourceOtherThan(i) >= 0:
 		return fmt.Sprintf("%s is already SyncTarget of another peer", c.Name)
+	case !selfSource && c.syncTargetOtherThan(i) >= 0:
+		return fmt.Sprintf("%s is SyncSource of another peer", c.Name)
 	case selfSource && c.State.Disk != UpToDate:
 		return fmt.Sprintf("%s is %s", c.Name, c.State.Disk)
 	}

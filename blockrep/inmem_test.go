@@ -198,7 +198,7 @@ func TestIsolatedPrimaryLosesQuorum(t *testing.T) {
 	}
 	m.net.Partition("alpha", "beta")
 	m.net.Partition("alpha", "gamma")
-	m.advanceUntil("quorum lost", func() bool { return m.vols[0].State().NoQuorum })
+	m.advanceUntil("quorum lost", func() bool { return m.vols[0].State().NoQuorum && m.vols[0].noQuorum.Load() })
 	if err := submit(t, m.vols[0], OpWrite, 0, randBytes(4096), 0, 0); !errors.Is(err, ErrNoQuorum) {
 		t.Fatalf("write without quorum: %v, want ErrNoQuorum", err)
 	}
@@ -206,7 +206,7 @@ func TestIsolatedPrimaryLosesQuorum(t *testing.T) {
 	// last writes touched): they have quorum.
 	m.advanceUntil("beta with gamma has quorum", func() bool { return !m.vols[1].State().NoQuorum && m.conn(1, 2) == Connected })
 	m.net.Heal("alpha", "beta")
-	m.advanceUntil("quorum back", func() bool { return !m.vols[0].State().NoQuorum })
+	m.advanceUntil("quorum back", func() bool { return !m.vols[0].State().NoQuorum && !m.vols[0].noQuorum.Load() })
 	if err := submit(t, m.vols[0], OpWrite, 0, randBytes(4096), 0, 0); err != nil {
 		t.Fatalf("write with quorum back: %v", err)
 	}

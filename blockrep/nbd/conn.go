@@ -112,8 +112,6 @@ func (c *conn) setExport(exp *Export, requested string) {
 }
 
 func (c *conn) serve() {
-	watch(c)
-	defer unwatch(c)
 	if err := c.negotiate(); err != nil {
 		if err != errHangUp && !isClosed(err) {
 			c.log.Debug("nbd: handshake ended", "err", err)
@@ -122,6 +120,9 @@ func (c *conn) serve() {
 		return
 	}
 	c.log.Debug("nbd: client attached", "structured", c.structured)
+	// Watched from the transmission phase on: replies are written under mu from here.
+	watch(c)
+	defer unwatch(c)
 	disc, err := c.transmit()
 	switch {
 	case disc:

@@ -56,7 +56,11 @@ func (d *device) up(ctx context.Context) error {
 	if d.path == pathKernel {
 		return d.upKernel(ctx)
 	}
-	if err := os.MkdirAll(d.r.fuseDir, 0o700); err != nil {
+	// The run dir also holds PostgreSQL's socket dir: searchable by all.
+	if err := os.MkdirAll(d.r.RunDir, 0o755); err != nil {
+		return err
+	}
+	if err := os.Mkdir(d.r.fuseDir, 0o700); err != nil && !os.IsExist(err) {
 		return err
 	}
 	_ = os.Remove(d.r.fusePID)

@@ -40,14 +40,32 @@ func (p *postgres) up(ctx context.Context) error {
 		secs = 1
 	}
 	opts := fmt.Sprintf("-k %s -p %d", p.r.sockDir, p.r.PGPort)
+	var logStart int64
+	if fi, err := os.Stat(p.r.pgLog); err == nil {
+		logStart = fi.Size()
+	}
 	if _, err := p.r.runAs(ctx, p.bin("pg_ctl"), "-D", p.r.PGData, "-l", p.r.pgLog, "-o", opts, "-w", "-t", strconv.Itoa(secs), "start"); err != nil {
-		return fmt.Errorf("%v (log: %s)", err, lastLine(p.r.pgLog))
+		return fmt.Errorf("%v: %s", err, p.logError(logStart))
 	}
 	if err := p.waitHealthy(ctx); err != nil {
 		return err
 	}
 	p.r.Logger.Info("pgagent: postgres running", "pgdata", p.r.PGData, "socket_dir", p.r.sockDir, "port", p.r.PGPort)
 	return nil
+}
+
+// logError returns the first FATAL or PANIC line the server logged after off.
+func (p *postgres) logError(off int64) string {
+	b, _ := os.ReadFile(p.r.pgLog)
+	if off > int64(len(b)) {
+		off = 0
+	}
+	for _, l := range strings.Split(string(b[off:]), "\n") {
+		if strings.Contains(l, "FATAL:") || strings.Contains(l, "PANIC:") {
+			return strings.TrimSpace(l)
+		}
+	}
+	return "see " + p.r.pgLog
 }
 
 func (p *postgres) prepareSockDir() error {
@@ -156,11 +174,15 @@ func (p *postgres) inDataDir(pid int) bool {
 // memory segment attached.
 func (p *postgres) clearStale(ctx context.Context) error {
 	p.killOrphans(ctx)
-	f := filepath.Join(p.r.PGData, "postmaster.pid")
-	if _, err := os.Stat(f); err == nil {
-		p.r.Logger.Warn("pgagent: removing stale postmaster.pid", "file", f)
-		if err := os.Remove(f); err != nil {
-			return err
+	// The socket lock file too: its pid may still be an unreaped zombie,
+	// which PostgreSQL takes for a live server. The socket dir is ours alone.
+	lock := filepath.Join(p.r.sockDir, fmt.Sprintf(".s.PGSQL.%d.lock", p.r.PGPort))
+	for _, f := range []string{filepath.Join(p.r.PGData, "postmaster.pid"), lock, strings.TrimSuffix(lock, ".lock")} {
+		if _, err := os.Lstat(f); err == nil {
+			p.r.Logger.Warn("pgagent: removing stale file of a dead postmaster", "file", f)
+			if err := os.Remove(f); err != nil {
+				return err
+			}
 		}
 	}
 	return nil

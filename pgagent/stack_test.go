@@ -198,6 +198,16 @@ func TestStackLifecycle(t *testing.T) {
 	if err := os.WriteFile(pidFile, []byte(strconv.Itoa(other.Process.Pid)+"\n"+lines[1]), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	// A process of the crashed run still working in the filesystem: the
+	// unmount finds it busy and must kill it.
+	holder := exec.Command("sleep", "120")
+	holder.Dir = cfg.MountPoint
+	if err := holder.Start(); err != nil {
+		t.Fatal(err)
+	}
+	holderDone := make(chan error, 1)
+	go func() { holderDone <- holder.Wait() }()
+	defer func() { _ = holder.Process.Kill() }()
 	oldLoop := st.Device
 	s2, err := New(cfg)
 	if err != nil {
@@ -208,6 +218,11 @@ func TestStackLifecycle(t *testing.T) {
 	}
 	if !alive(other.Process.Pid) {
 		t.Error("the unrelated process named in the stale postmaster.pid was killed")
+	}
+	select {
+	case <-holderDone:
+	case <-time.After(5 * time.Second):
+		t.Error("the process holding the mount point was not killed")
 	}
 	if l := loopsOn(filepath.Join(cfg.RunDir, "nbdfuse", "nbd")); len(l) != 1 {
 		t.Errorf("loop devices on the export after cleanup+start: %v (old %s), want exactly one", l, oldLoop)

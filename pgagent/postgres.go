@@ -140,6 +140,9 @@ func (p *postgres) down(ctx context.Context) error {
 			_ = syscall.Kill(pid, syscall.SIGKILL)
 		}
 	}
+	// pg_ctl returns once postmaster.pid is gone; the processes may take a
+	// moment longer to exit.
+	waitGone(ctx, p.dataDirProcs(), 5*time.Second)
 	p.killOrphans(ctx)
 	if alive(pid) {
 		return fmt.Errorf("postmaster pid %d still running", pid)
@@ -190,17 +193,21 @@ func (p *postgres) clearStale(ctx context.Context) error {
 
 // killOrphans kills postgres processes left in our data dir without a live postmaster.
 func (p *postgres) killOrphans(ctx context.Context) {
-	var left []int
-	for _, pid := range pids() {
-		if alive(pid) && p.inDataDir(pid) {
-			left = append(left, pid)
-		}
-	}
-	if len(left) > 0 {
+	if left := p.dataDirProcs(); len(left) > 0 {
 		p.r.Logger.Warn("pgagent: killing orphaned postgres processes", "pids", left)
 		signalAll(left, syscall.SIGKILL)
 		waitGone(ctx, left, 5*time.Second)
 	}
+}
+
+func (p *postgres) dataDirProcs() []int {
+	var out []int
+	for _, pid := range pids() {
+		if alive(pid) && p.inDataDir(pid) {
+			out = append(out, pid)
+		}
+	}
+	return out
 }
 
 // traversable checks that the PostgreSQL user can search every directory

@@ -230,10 +230,60 @@ func TestStackLifecycle(t *testing.T) {
 	if n := countRows(t, ctx, s2); n != 101 {
 		t.Fatalf("rows after crash recovery: %d, want 101", n)
 	}
-	if err := s2.Stop(ctx); err != nil {
+
+	// The volume vanishes under a running stack (nbdfuse killed): committed
+	// rows were flushed through to the NBD server, so after a new Start
+	// (lazy unmount of the dead FUSE mount, fsck -p replaying the journal)
+	// they are all there.
+	c = sqlConn(t, ctx, s2.pg.connString())
+	if _, err := c.Exec(ctx, "INSERT INTO items SELECT g, 'late ' || g FROM generate_series(102, 200) g"); err != nil {
+		t.Fatal(err)
+	}
+	c.Close(ctx)
+	b, err = os.ReadFile(filepath.Join(cfg.RunDir, "nbdfuse.pid"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	fusePID, _ := strconv.Atoi(strings.TrimSpace(string(b)))
+	if comm(fusePID) != "nbdfuse" {
+		t.Fatalf("pid %d in nbdfuse.pid is %q", fusePID, comm(fusePID))
+	}
+	_ = syscall.Kill(fusePID, syscall.SIGKILL)
+	waitGone(ctx, []int{fusePID}, 5*time.Second)
+	s3, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s3.Start(ctx); err != nil {
+		t.Fatalf("Start after the device vanished: %v", err)
+	}
+	if n := countRows(t, ctx, s3); n != 200 {
+		t.Fatalf("rows after the device vanished: %d, want 200", n)
+	}
+	if err := s3.Stop(ctx); err != nil {
 		t.Fatalf("Stop: %v", err)
 	}
 	assertReleased(t, cfg)
+
+	// A failing last step (the address's interface does not exist) undoes
+	// postgres, the mount and the device.
+	bad := cfg
+	bad.Address = "198.18.0.10/24 dev pga-none0"
+	s4, err := New(bad)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = s4.Start(ctx)
+	if !errors.As(err, &se) || se.Step != "ip" || !strings.Contains(err.Error(), "pga-none0") {
+		t.Fatalf("Start with a missing interface: got %v, want an ip step error", err)
+	}
+	if st := s4.Status(); st.State != Failed || st.Step != "ip" {
+		t.Errorf("status: %+v", st)
+	}
+	assertReleased(t, cfg)
+	if err := s4.Stop(ctx); err != nil {
+		t.Fatalf("Stop after a failed Start: %v", err)
+	}
 }
 
 // TestMountPointIsFile: the filesystem step refuses it and Start leaves
@@ -287,5 +337,52 @@ func TestInitDBRefusesExistingFilesystem(t *testing.T) {
 	out, err := run(ctx, "blkid", "-p", "-o", "value", "-s", "LABEL", img)
 	if err != nil || strings.TrimSpace(out) != "keepme" {
 		t.Fatalf("existing filesystem was touched: label %q, %v", out, err)
+	}
+}
+
+// TestXFSForce: InitDB with force overwrites an existing ext4 with XFS (no
+// fsck: mount replays the log), and data survives a Stop/Start.
+func TestXFSForce(t *testing.T) {
+	needStackTools(t)
+	needRoot(t, "mkfs.xfs")
+	ctx := ctxT(t, 2*time.Minute)
+	dir := tempDir(t)
+	img, uri := serve(t, dir, 512<<20)
+	if _, err := run(ctx, "mkfs.ext4", "-F", "-q", img); err != nil {
+		t.Fatal(err)
+	}
+	cfg := testConfig(t, dir, uri)
+	cfg.FSType = "xfs"
+	if err := InitDB(ctx, cfg, testPassword, true); err != nil {
+		t.Fatalf("InitDB with force: %v", err)
+	}
+	assertReleased(t, cfg)
+	if out, err := run(ctx, "blkid", "-p", "-o", "value", "-s", "TYPE", img); err != nil || strings.TrimSpace(out) != "xfs" {
+		t.Fatalf("filesystem after InitDB: %q %v", out, err)
+	}
+	s, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = s.Stop(context.Background()) })
+	for round := 1; round <= 2; round++ {
+		if err := s.Start(ctx); err != nil {
+			t.Fatalf("Start %d: %v", round, err)
+		}
+		c := sqlConn(t, ctx, s.pg.connString())
+		if _, err := c.Exec(ctx, "CREATE TABLE IF NOT EXISTS items (id int PRIMARY KEY)"); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := c.Exec(ctx, "INSERT INTO items VALUES ($1)", round); err != nil {
+			t.Fatal(err)
+		}
+		c.Close(ctx)
+		if n := countRows(t, ctx, s); n != round {
+			t.Fatalf("round %d: %d rows", round, n)
+		}
+		if err := s.Stop(ctx); err != nil {
+			t.Fatalf("Stop %d: %v", round, err)
+		}
+		assertReleased(t, cfg)
 	}
 }

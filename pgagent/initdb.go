@@ -75,12 +75,14 @@ func InitDB(ctx context.Context, cfg Config, password string, force bool) error 
 
 func (s *Stack) mkfs(ctx context.Context, force bool) error {
 	dev := s.dev.dev
-	// blkid -p probes the device itself (no cache); exit 2 means nothing found.
-	out, err := run(ctx, "blkid", "-p", "-o", "value", "-s", "TYPE", dev)
-	if have := strings.TrimSpace(out); err == nil && have != "" && !force {
-		return fmt.Errorf("device %s already holds a %s filesystem (use force to overwrite)", dev, have)
-	} else if err != nil && exitCode(err) != 2 {
+	// blkid -p probes the device itself (no cache) for any signature, a
+	// partition table included; exit 2 means nothing found.
+	out, err := run(ctx, "blkid", "-p", "-o", "export", dev)
+	if err != nil && exitCode(err) != 2 {
 		return err
+	}
+	if have := blkidSignature(out); err == nil && have != "" && !force {
+		return fmt.Errorf("device %s already holds %s (use force to overwrite)", dev, have)
 	}
 	if s.r.FSType == "xfs" {
 		_, err = run(ctx, "mkfs.xfs", "-f", "-q", dev)
@@ -152,6 +154,26 @@ func (s *Stack) initdb(ctx context.Context, password string) error {
 	}
 	r.Logger.Info("pgagent: database cluster initialized", "pgdata", r.PGData, "superuser", r.PGUser)
 	return nil
+}
+
+// blkidSignature names what blkid -o export found: "a ext4 filesystem",
+// "a dos partition table", or "" for nothing.
+func blkidSignature(export string) string {
+	kv := map[string]string{}
+	for _, l := range strings.Split(export, "\n") {
+		if k, v, ok := strings.Cut(strings.TrimSpace(l), "="); ok {
+			kv[k] = v
+		}
+	}
+	switch {
+	case kv["TYPE"] != "":
+		return "a " + kv["TYPE"] + " filesystem"
+	case kv["PTTYPE"] != "":
+		return "a " + kv["PTTYPE"] + " partition table"
+	case len(kv) > 0:
+		return "a signature"
+	}
+	return ""
 }
 
 func appendFile(name, text string) error {

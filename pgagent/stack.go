@@ -87,9 +87,15 @@ func New(cfg Config) (*Stack, error) {
 func (s *Stack) Status() Status {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	st := s.status
-	st.Device = s.dev.dev
-	return st
+	return s.status
+}
+
+// syncDevice publishes the device for Status; called under s.op, which
+// guards the steps' own fields.
+func (s *Stack) syncDevice() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.status.Device = s.dev.dev
 }
 
 func (s *Stack) setState(st State, step string, err error) {
@@ -113,7 +119,9 @@ func (s *Stack) runStep(ctx context.Context, name, dir string, f func(context.Co
 	defer cancel()
 	t := time.Now()
 	s.r.Logger.Info("pgagent: step "+dir, "step", name)
-	if err := f(ctx); err != nil {
+	err := f(ctx)
+	s.syncDevice()
+	if err != nil {
 		s.r.Logger.Error("pgagent: step "+dir+" failed", "step", name, "err", err, "elapsed", time.Since(t))
 		return &StepError{Step: name, Err: err}
 	}

@@ -2,6 +2,7 @@ package pgagent
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"os"
@@ -318,10 +319,36 @@ func TestMountPointIsFile(t *testing.T) {
 }
 
 // TestInitDBRefusesExistingFilesystem: an export that already holds a
-// filesystem is not overwritten without force, and nothing is left attached.
+// filesystem (or a partition table) is not overwritten without force, and
+// nothing is left attached.
 func TestInitDBRefusesExistingFilesystem(t *testing.T) {
 	needStackTools(t)
 	ctx := ctxT(t, time.Minute)
+	{
+		// A DOS partition table, written by hand: one Linux partition.
+		dir := tempDir(t)
+		img, uri := serve(t, dir, 64<<20)
+		mbr := make([]byte, 512)
+		p := mbr[446:]
+		p[4] = 0x83                                 // Linux
+		binary.LittleEndian.PutUint32(p[8:], 2048)  // first LBA
+		binary.LittleEndian.PutUint32(p[12:], 4096) // sectors
+		mbr[510], mbr[511] = 0x55, 0xaa
+		f, err := os.OpenFile(img, os.O_WRONLY, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, err = f.WriteAt(mbr, 0)
+		f.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg := testConfig(t, dir, uri)
+		if err := InitDB(ctx, cfg, testPassword, false); err == nil || !strings.Contains(err.Error(), "already holds a dos partition table") {
+			t.Fatalf("InitDB on a partitioned export: got %v, want a refusal", err)
+		}
+		assertReleased(t, cfg)
+	}
 	dir := tempDir(t)
 	img, uri := serve(t, dir, 64<<20)
 	if _, err := run(ctx, "mkfs.ext4", "-F", "-q", "-L", "keepme", img); err != nil {
@@ -330,7 +357,7 @@ func TestInitDBRefusesExistingFilesystem(t *testing.T) {
 	cfg := testConfig(t, dir, uri)
 	err := InitDB(ctx, cfg, testPassword, false)
 	var se *StepError
-	if !errors.As(err, &se) || se.Step != "mkfs" || !strings.Contains(err.Error(), "already holds") {
+	if !errors.As(err, &se) || se.Step != "mkfs" || !strings.Contains(err.Error(), "already holds a ext4 filesystem") {
 		t.Fatalf("InitDB on an ext4 export: got %v, want a refusal", err)
 	}
 	assertReleased(t, cfg)
@@ -365,6 +392,30 @@ func TestXFSForce(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = s.Stop(context.Background()) })
+	// Status is read concurrently with the operations (run with -race).
+	done := make(chan struct{})
+	polled := make(chan int)
+	go func() {
+		n := 0
+		for {
+			select {
+			case <-done:
+				polled <- n
+				return
+			case <-time.After(5 * time.Millisecond):
+				if st := s.Status(); st.State == Running && st.Device == "" {
+					t.Errorf("running without a device: %+v", st)
+				}
+				n++
+			}
+		}
+	}()
+	defer func() {
+		close(done)
+		if n := <-polled; n == 0 {
+			t.Error("status never polled")
+		}
+	}()
 	for round := 1; round <= 2; round++ {
 		if err := s.Start(ctx); err != nil {
 			t.Fatalf("Start %d: %v", round, err)

@@ -26,7 +26,14 @@
 // loop device, nbdfuse and its FUSE mount) go before anything starts, and a
 // stale postmaster.pid is removed even when its pid now belongs to an
 // unrelated live process. Start on a running stack and Stop on a stopped one
-// are no-ops. Failures are *StepError{Step, Err}.
+// are no-ops. Failures are *StepError{Step, Err}. Check does not change the
+// state; RestartPostgres needs a running stack (after it fails the stack is
+// failed, and Stop then Start is the way back).
+//
+// On the nbdfuse path a PostgreSQL fsync reaches the NBD server as a flush
+// (ext4 flush → loop → fsync of the FUSE file → NBD flush), so committed
+// transactions survive the export vanishing under a running stack; the
+// tests kill nbdfuse to check this.
 //
 // API:
 //
@@ -38,8 +45,8 @@
 //	st := s.Status()               // State, failed Step, Since, Path, Device
 //	err = pgagent.InitDB(ctx, cfg, password, force) // blockrepadm pg-init
 //
-// InitDB refuses a device that already holds a filesystem (blkid -p) unless
-// force, runs mkfs.ext4 -F or mkfs.xfs -f, mounts, creates PGData owned by
+// InitDB refuses a device that already holds a filesystem or a partition
+// table (any blkid -p signature) unless force, runs mkfs.ext4 -F or mkfs.xfs -f, mounts, creates PGData owned by
 // PGUser, runs initdb with the superuser password from a temporary --pwfile,
 // appends listen_addresses = '*' and port to postgresql.conf, checks that the
 // server starts, and leaves everything stopped. It writes this pg_hba.conf:

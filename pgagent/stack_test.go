@@ -437,3 +437,59 @@ func TestXFSForce(t *testing.T) {
 		assertReleased(t, cfg)
 	}
 }
+
+// TestTwoStacksOneHost: two resources on one host (as two nodes of a test
+// cluster would be) do not collide, and one's leftover cleanup leaves the
+// other running.
+func TestTwoStacksOneHost(t *testing.T) {
+	needStackTools(t)
+	ctx := ctxT(t, 2*time.Minute)
+	var cfgs [2]Config
+	var stacks [2]*Stack
+	for i := range cfgs {
+		dir := tempDir(t)
+		_, uri := serve(t, dir, 128<<20)
+		cfgs[i] = testConfig(t, dir, uri)
+		cfgs[i].Resource = fmt.Sprintf("r%d", i)
+		if err := InitDB(ctx, cfgs[i], testPassword, false); err != nil {
+			t.Fatalf("InitDB %d: %v", i, err)
+		}
+		s, err := New(cfgs[i])
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = s.Stop(context.Background()) })
+		if err := s.Start(ctx); err != nil {
+			t.Fatalf("Start %d: %v", i, err)
+		}
+		stacks[i] = s
+	}
+	if a, b := stacks[0].Status().Device, stacks[1].Status().Device; a == b {
+		t.Fatalf("both stacks on %s", a)
+	}
+	// A restarted daemon's new Stack for r0 cleans up r0's leftovers only.
+	again, err := New(cfgs[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := again.Start(ctx); err != nil {
+		t.Fatalf("Start of r0 over its own running stack: %v", err)
+	}
+	if err := stacks[1].Check(ctx); err != nil {
+		t.Fatalf("r1 after r0's cleanup: %v", err)
+	}
+	if err := again.Check(ctx); err != nil {
+		t.Fatalf("r0 after its restart: %v", err)
+	}
+	if err := again.Stop(ctx); err != nil {
+		t.Fatal(err)
+	}
+	assertReleased(t, cfgs[0])
+	if err := stacks[1].Check(ctx); err != nil {
+		t.Fatalf("r1 after r0 stopped: %v", err)
+	}
+	if err := stacks[1].Stop(ctx); err != nil {
+		t.Fatal(err)
+	}
+	assertReleased(t, cfgs[1])
+}

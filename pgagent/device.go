@@ -125,6 +125,9 @@ func (d *device) down(ctx context.Context) error {
 		}
 	}
 	// The loop driver drops the file asynchronously; unmount retries EBUSY.
+	if err := unmountForeign(ctx, d.r, d.r.fuseDir); err != nil {
+		errs = append(errs, err)
+	}
 	if err := d.unmountFuse(ctx); err != nil {
 		errs = append(errs, err)
 	}

@@ -21,7 +21,10 @@
 // Stop undoes them in reverse: remove the address, pg_ctl stop -m fast (then
 // -m immediate, then SIGKILL), unmount (killing holders found in /proc with
 // SIGTERM then SIGKILL when busy), losetup -d, unmount the FUSE dir and wait
-// for nbdfuse to exit. Start first runs every down step as cleanup, so the
+// for nbdfuse to exit. Copies of the two mounts in other mount namespaces
+// (made while they were mounted, e.g. by ip netns exec on a host whose / is
+// not a shared mount) are unmounted there with nsenter: they would keep the
+// filesystem alive, the loop device bound and nbdfuse running. Start first runs every down step as cleanup, so the
 // leftovers of a crashed run of the same resource (running postgres, mount,
 // loop device, nbdfuse and its FUSE mount) go before anything starts, and a
 // stale postmaster.pid is removed even when its pid now belongs to an
@@ -66,7 +69,7 @@
 //
 // Debian packages the stack and its tests need: postgresql-15 (or another
 // major version given as PGBinDir), nbdfuse, nbdkit (tests only: it stands in
-// for the blockrep daemon), e2fsprogs, xfsprogs, util-linux, iproute2 (tests:
-// ip netns). fuse3 is not needed: nbdfuse runs as root and is unmounted with
+// for the blockrep daemon), e2fsprogs, xfsprogs, util-linux (losetup, fsck,
+// blkid, nsenter; unshare in the tests), iproute2 (tests). fuse3 is not needed: nbdfuse runs as root and is unmounted with
 // umount(2). The tests need root and skip otherwise.
 package pgagent

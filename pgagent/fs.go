@@ -42,6 +42,48 @@ func unescapeMount(s string) string {
 	return b.String()
 }
 
+// foreignMounts returns one pid for each other mount namespace in which dir
+// is mounted. A namespace created while our filesystem was mounted (ip netns
+// exec, unshare, a container) holds a copy of the mount unless propagation
+// takes our unmount there, keeping the filesystem, the loop device and the
+// FUSE file in use after we unmounted.
+func foreignMounts(dir string) []int {
+	self, _ := os.Readlink("/proc/self/ns/mnt")
+	seen := map[string]bool{self: true}
+	var out []int
+	for _, pid := range pids() {
+		ns, err := os.Readlink(fmt.Sprintf("/proc/%d/ns/mnt", pid))
+		if err != nil || seen[ns] {
+			continue
+		}
+		seen[ns] = true
+		b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/mountinfo", pid))
+		for _, line := range strings.Split(string(b), "\n") {
+			if f := strings.Fields(line); len(f) > 4 && unescapeMount(f[4]) == dir {
+				out = append(out, pid)
+				break
+			}
+		}
+	}
+	return out
+}
+
+// unmountForeign removes the copies of dir's mount from other mount
+// namespaces (lazily where they are busy there), so that the volume is
+// really released. Only our own mount point is touched in them.
+func unmountForeign(ctx context.Context, r *resolved, dir string) error {
+	for _, pid := range foreignMounts(dir) {
+		ns := strconv.Itoa(pid)
+		r.Logger.Warn("pgagent: unmounting a copy in another mount namespace", "dir", dir, "pid", pid, "comm", comm(pid))
+		if _, err := run(ctx, "nsenter", "-t", ns, "-m", "umount", dir); err != nil {
+			if _, err := run(ctx, "nsenter", "-t", ns, "-m", "umount", "-l", dir); err != nil {
+				return fmt.Errorf("%s still mounted in the mount namespace of pid %d: %v", dir, pid, err)
+			}
+		}
+	}
+	return nil
+}
+
 func mounted(dir string) bool {
 	for _, m := range mounts() {
 		if m == dir {
@@ -122,5 +164,5 @@ func (f *filesystem) down(ctx context.Context) error {
 			time.Sleep(100 * time.Millisecond)
 		}
 	}
-	return nil
+	return unmountForeign(ctx, f.r, f.r.MountPoint)
 }

@@ -70,7 +70,16 @@ func (w testWriter) Write(p []byte) (int, error) {
 // socket (standing in for the blockrep daemon) and returns the image and URI.
 func serve(t *testing.T, dir string, size int64) (img, uri string) {
 	t.Helper()
-	img = filepath.Join(dir, "disk.img")
+	// The image lives on tmpfs when there is one: nbdkit's flush is an
+	// fdatasync, which on a disk shared with other jobs can take seconds.
+	imgDir := dir
+	if fi, err := os.Stat("/dev/shm"); err == nil && fi.IsDir() {
+		if d, err := os.MkdirTemp("/dev/shm", "pgagent-test-"); err == nil {
+			imgDir = d
+			t.Cleanup(func() { os.RemoveAll(d) })
+		}
+	}
+	img = filepath.Join(imgDir, "disk.img")
 	f, err := os.Create(img)
 	if err != nil {
 		t.Fatal(err)
@@ -123,7 +132,7 @@ func testConfig(t *testing.T, dir, uri string) Config {
 		PGData:      filepath.Join(mnt, "pg", "data"),
 		PGUser:      "postgres",
 		PGPort:      freePort(t),
-		StepTimeout: 30 * time.Second,
+		StepTimeout: 60 * time.Second,
 		Logger:      slog.New(slog.NewTextHandler(testWriter{t}, nil)),
 	}
 }

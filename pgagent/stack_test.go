@@ -138,11 +138,33 @@ func TestStackLifecycle(t *testing.T) {
 		t.Fatal("TCP login with a wrong password succeeded")
 	}
 
+	// A mount namespace made while the stack runs (as ip netns exec or a
+	// container would) holds private copies of both mounts; Stop must remove
+	// them there, or the loop device and nbdfuse stay busy.
+	ns := exec.Command("unshare", "-m", "--propagation", "private", "sleep", "120")
+	if err := ns.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = ns.Process.Kill(); _ = ns.Wait() }()
+	nsMountinfo := fmt.Sprintf("/proc/%d/mountinfo", ns.Process.Pid)
+	for i := 0; ; i++ {
+		if b, _ := os.ReadFile(nsMountinfo); strings.Contains(string(b), cfg.MountPoint) {
+			break
+		}
+		if i > 100 {
+			t.Fatal("unshare's namespace has no copy of the mount")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+
 	// Stop, Stop again, Start again: the rows survive (fsck -p replays the journal).
 	if err := s.Stop(ctx); err != nil {
 		t.Fatalf("Stop: %v", err)
 	}
 	assertReleased(t, cfg)
+	if b, _ := os.ReadFile(nsMountinfo); strings.Contains(string(b), cfg.MountPoint) || strings.Contains(string(b), cfg.RunDir) {
+		t.Errorf("mounts still in the other namespace after Stop")
+	}
 	if s.Status().State != Stopped {
 		t.Fatalf("status after Stop: %+v", s.Status())
 	}

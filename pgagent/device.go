@@ -116,6 +116,7 @@ func (d *device) down(ctx context.Context) error {
 		return d.downKernel(ctx)
 	}
 	var errs []error
+	fuseDev := mountDev(d.r.fuseDir)
 	// Loop devices on our FUSE file.
 	for _, l := range loopsOn(d.fuseFile()) {
 		if _, err := run(ctx, "losetup", "-d", l); err != nil {
@@ -124,10 +125,12 @@ func (d *device) down(ctx context.Context) error {
 			d.r.Logger.Info("pgagent: loop device detached", "device", l)
 		}
 	}
-	// The loop driver drops the file asynchronously; unmount retries EBUSY.
-	if err := unmountForeign(ctx, d.r, d.r.fuseDir); err != nil {
-		errs = append(errs, err)
+	if fuseDev != "" {
+		if err := unmountForeign(ctx, d.r, d.r.fuseDir, []string{fuseDev}); err != nil {
+			errs = append(errs, err)
+		}
 	}
+	// The loop driver drops the file asynchronously; unmount retries EBUSY.
 	if err := d.unmountFuse(ctx); err != nil {
 		errs = append(errs, err)
 	}

@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -42,12 +44,14 @@ func unescapeMount(s string) string {
 	return b.String()
 }
 
-// foreignMounts returns one pid for each other mount namespace in which dir
-// is mounted. A namespace created while our filesystem was mounted (ip netns
-// exec, unshare, a container) holds a copy of the mount unless propagation
-// takes our unmount there, keeping the filesystem, the loop device and the
-// FUSE file in use after we unmounted.
-func foreignMounts(dir string) []int {
+// foreignMounts returns one pid for each other mount namespace in which
+// dir is mounted from one of devs (major:minor as in mountinfo). A namespace
+// created while our filesystem was mounted (ip netns exec, unshare, a
+// container) holds a copy of the mount unless propagation takes our unmount
+// there, keeping the filesystem, the loop device and the FUSE file in use
+// after we unmounted. Matching the device as well as the path leaves alone
+// a container's own mount that happens to have the same path.
+func foreignMounts(dir string, devs []string) []int {
 	self, _ := os.Readlink("/proc/self/ns/mnt")
 	seen := map[string]bool{self: true}
 	var out []int
@@ -59,7 +63,7 @@ func foreignMounts(dir string) []int {
 		seen[ns] = true
 		b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/mountinfo", pid))
 		for _, line := range strings.Split(string(b), "\n") {
-			if f := strings.Fields(line); len(f) > 4 && unescapeMount(f[4]) == dir {
+			if f := strings.Fields(line); len(f) > 4 && unescapeMount(f[4]) == dir && slices.Contains(devs, f[2]) {
 				out = append(out, pid)
 				break
 			}
@@ -70,9 +74,12 @@ func foreignMounts(dir string) []int {
 
 // unmountForeign removes the copies of dir's mount from other mount
 // namespaces (lazily where they are busy there), so that the volume is
-// really released. Only our own mount point is touched in them.
-func unmountForeign(ctx context.Context, r *resolved, dir string) error {
-	for _, pid := range foreignMounts(dir) {
+// really released. Only our own mounts are touched in them.
+func unmountForeign(ctx context.Context, r *resolved, dir string, devs []string) error {
+	if len(devs) == 0 {
+		return nil
+	}
+	for _, pid := range foreignMounts(dir, devs) {
 		ns := strconv.Itoa(pid)
 		r.Logger.Warn("pgagent: unmounting a copy in another mount namespace", "dir", dir, "pid", pid, "comm", comm(pid))
 		if _, err := run(ctx, "nsenter", "-t", ns, "-m", "umount", dir); err != nil {
@@ -82,6 +89,17 @@ func unmountForeign(ctx context.Context, r *resolved, dir string) error {
 		}
 	}
 	return nil
+}
+
+// mountDev returns the major:minor of dir's mount in our namespace, or "".
+func mountDev(dir string) string {
+	b, _ := os.ReadFile("/proc/self/mountinfo")
+	for _, line := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(line); len(f) > 4 && unescapeMount(f[4]) == dir {
+			return f[2]
+		}
+	}
+	return ""
 }
 
 func mounted(dir string) bool {
@@ -95,8 +113,9 @@ func mounted(dir string) bool {
 
 // filesystem checks and mounts the device at the mount point.
 type filesystem struct {
-	r   *resolved
-	dev func() string
+	r     *resolved
+	dev   func() string
+	loops func() []string // loop devices on our export, also a previous run's
 }
 
 func (f *filesystem) up(ctx context.Context) error {
@@ -145,6 +164,16 @@ func (f *filesystem) check(ctx context.Context) error {
 // is busy (SIGTERM, then SIGKILL after a grace period).
 func (f *filesystem) down(ctx context.Context) error {
 	grace := f.r.StepTimeout / 3
+	// Our filesystem is on one of these, mounted here or not any more.
+	var devs []string
+	if d := mountDev(f.r.MountPoint); d != "" {
+		devs = append(devs, d)
+	}
+	for _, l := range f.loops() {
+		if b, err := os.ReadFile("/sys/class/block/" + filepath.Base(l) + "/dev"); err == nil {
+			devs = append(devs, strings.TrimSpace(string(b)))
+		}
+	}
 	for mounted(f.r.MountPoint) {
 		err := unix.Unmount(f.r.MountPoint, 0)
 		if err == nil {
@@ -164,5 +193,5 @@ func (f *filesystem) down(ctx context.Context) error {
 			time.Sleep(100 * time.Millisecond)
 		}
 	}
-	return unmountForeign(ctx, f.r, f.r.MountPoint)
+	return unmountForeign(ctx, f.r, f.r.MountPoint, devs)
 }

@@ -68,7 +68,7 @@ func New(cfg Config) (*Stack, error) {
 		return nil, err
 	}
 	s := &Stack{r: r, dev: newDevice(r)}
-	s.fs = &filesystem{r: r, dev: func() string { return s.dev.dev }}
+	s.fs = &filesystem{r: r, dev: func() string { return s.dev.dev }, loops: func() []string { return loopsOn(s.dev.fuseFile()) }}
 	s.pg = &postgres{r: r}
 	s.steps = []step{
 		{"device", s.dev.up, s.dev.down},

@@ -80,10 +80,18 @@ func (c Config) resolve() (*resolved, error) {
 		}
 	}
 	r.RunDir, r.MountPoint, r.PGData = filepath.Clean(r.RunDir), filepath.Clean(r.MountPoint), filepath.Clean(r.PGData)
-	if rel, err := filepath.Rel(r.MountPoint, r.PGData); err != nil || rel == "." || strings.HasPrefix(rel, "..") {
+	rel, err := filepath.Rel(r.MountPoint, r.PGData)
+	if err != nil || rel == "." || strings.HasPrefix(rel, "..") {
 		return nil, fmt.Errorf("pgagent: config: pg data %s is not below mount point %s", r.PGData, r.MountPoint)
 	}
-	var err error
+	// Mount tables and /proc show real paths: resolve symlinks where the
+	// directories exist already.
+	if real, err := filepath.EvalSymlinks(r.MountPoint); err == nil {
+		r.MountPoint, r.PGData = real, filepath.Join(real, rel)
+	}
+	if real, err := filepath.EvalSymlinks(r.RunDir); err == nil {
+		r.RunDir = real
+	}
 	if r.Address != "" {
 		if r.vip, r.vipDev, err = parseAddress(r.Address); err != nil {
 			return nil, fmt.Errorf("pgagent: config: %w", err)

@@ -168,7 +168,15 @@ func (p *postgres) postmaster() int {
 
 func (p *postgres) inDataDir(pid int) bool {
 	cwd, err := os.Readlink(fmt.Sprintf("/proc/%d/cwd", pid))
-	return err == nil && cwd == p.r.PGData && strings.HasPrefix(comm(pid), "postgres")
+	if err != nil || !strings.HasPrefix(comm(pid), "postgres") {
+		return false
+	}
+	// The kernel shows the real path: compare with PGData's.
+	dir := p.r.PGData
+	if real, err := filepath.EvalSymlinks(dir); err == nil {
+		dir = real
+	}
+	return cwd == dir || cwd == p.r.PGData
 }
 
 // clearStale removes a stale postmaster.pid (PostgreSQL itself refuses to

@@ -402,12 +402,19 @@ func TestXFSForce(t *testing.T) {
 	if _, err := run(ctx, "mkfs.ext4", "-F", "-q", img); err != nil {
 		t.Fatal(err)
 	}
-	cfg := testConfig(t, dir, uri)
-	cfg.FSType = "xfs"
+	real := testConfig(t, dir, uri)
+	real.FSType = "xfs"
+	// Configured through a symlink: mount tables and /proc show the real path.
+	cfg := real
+	cfg.MountPoint = filepath.Join(dir, "mnt-link")
+	cfg.PGData = filepath.Join(cfg.MountPoint, "pg", "data")
+	if err := os.Symlink(real.MountPoint, cfg.MountPoint); err != nil {
+		t.Fatal(err)
+	}
 	if err := InitDB(ctx, cfg, testPassword, true); err != nil {
 		t.Fatalf("InitDB with force: %v", err)
 	}
-	assertReleased(t, cfg)
+	assertReleased(t, real)
 	if out, err := run(ctx, "blkid", "-p", "-o", "value", "-s", "TYPE", img); err != nil || strings.TrimSpace(out) != "xfs" {
 		t.Fatalf("filesystem after InitDB: %q %v", out, err)
 	}
@@ -458,7 +465,7 @@ func TestXFSForce(t *testing.T) {
 		if err := s.Stop(ctx); err != nil {
 			t.Fatalf("Stop %d: %v", round, err)
 		}
-		assertReleased(t, cfg)
+		assertReleased(t, real)
 	}
 }
 

@@ -123,7 +123,7 @@ func testConfig(t *testing.T, dir, uri string) Config {
 	if err := os.MkdirAll(mnt, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	return Config{
+	cfg := Config{
 		Resource:    "r0",
 		NBDURI:      uri,
 		RunDir:      filepath.Join(dir, "run"),
@@ -135,6 +135,16 @@ func testConfig(t *testing.T, dir, uri string) Config {
 		StepTimeout: 60 * time.Second,
 		Logger:      slog.New(slog.NewTextHandler(testWriter{t}, nil)),
 	}
+	// Whatever a failed test left of this resource goes before nbdkit does.
+	t.Cleanup(func() {
+		if s, err := New(cfg); err == nil {
+			s.status.State = Failed // Stop of a "stopped" stack is a no-op
+			if err := s.Stop(context.Background()); err != nil {
+				t.Errorf("teardown: %v", err)
+			}
+		}
+	})
+	return cfg
 }
 
 // assertReleased fails if anything of the resource is still mounted,

@@ -83,12 +83,6 @@ func TestStackLifecycle(t *testing.T) {
 	dir := tempDir(t)
 	_, uri := serve(t, dir, 256<<20)
 	cfg := testConfig(t, dir, uri)
-	t.Cleanup(func() {
-		if s, err := New(cfg); err == nil {
-			s.status.State = Failed // force a full teardown of whatever is left
-			_ = s.Stop(context.Background())
-		}
-	})
 
 	if err := InitDB(ctx, cfg, testPassword, false); err != nil {
 		t.Fatalf("InitDB: %v", err)

@@ -124,6 +124,9 @@ func (c Config) resolve() (*resolved, error) {
 	r.nbdDevFile = filepath.Join(r.RunDir, "nbd-device")
 	r.sockDir = filepath.Join(r.RunDir, "pg")
 	r.pgLog = filepath.Join(r.sockDir, "postgres.log")
+	if strings.ContainsAny(r.RunDir, "'\\") {
+		return nil, fmt.Errorf("pgagent: config: run dir %s contains a quote or backslash", r.RunDir)
+	}
 	// A unix socket path is limited to 107 bytes.
 	if n := len(r.sockDir) + len("/.s.PGSQL.65535"); n > 107 {
 		return nil, fmt.Errorf("pgagent: config: run dir %s too long for a unix socket path", r.RunDir)

@@ -39,7 +39,8 @@ func (p *postgres) up(ctx context.Context) error {
 	if secs < 1 {
 		secs = 1
 	}
-	opts := fmt.Sprintf("-k %s -p %d", p.r.sockDir, p.r.PGPort)
+	// pg_ctl hands -o to a shell: quote the directory.
+	opts := fmt.Sprintf("-k '%s' -p %d", p.r.sockDir, p.r.PGPort)
 	var logStart int64
 	if fi, err := os.Stat(p.r.pgLog); err == nil {
 		logStart = fi.Size()

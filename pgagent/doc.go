@@ -52,7 +52,9 @@
 // table (any blkid -p signature) unless force, runs mkfs.ext4 -F or mkfs.xfs -f, mounts, creates PGData owned by
 // PGUser, runs initdb with the superuser password from a temporary --pwfile,
 // appends listen_addresses = '*' and port to postgresql.conf, checks that the
-// server starts, and leaves everything stopped. It writes this pg_hba.conf:
+// server starts, and leaves everything stopped. Its *StepError steps are
+// device, mkfs (also the refusal), filesystem, initdb and postgres. It
+// writes this pg_hba.conf:
 //
 //	local   all       postgres  peer     map=blockrep
 //	local   all       all                peer

@@ -28,7 +28,7 @@ func (v *Volume) localIOError(op string, off int64, err error) bool {
 func (v *Volume) detachFailedDisk() {
 	v.gate.Lock()
 	defer v.gate.Unlock()
-	v.step(EvDiskFailed{})
+	v.stepLogged(EvDiskFailed{})
 }
 
 // DiskFailed reports whether the local disk was detached after an I/O error.

@@ -188,7 +188,7 @@ func (p *Peer) session(c *transport.Conn) sessionEnd {
 	// pending writes complete in teardown.
 	var g errGraceful
 	graceful := errors.As(err, &g)
-	v.step(EvLinkDown{Peer: p.cfg.NodeID, Graceful: graceful, Reason: err.Error()})
+	v.stepLogged(EvLinkDown{Peer: p.cfg.NodeID, Graceful: graceful, Reason: err.Error()})
 	close(stop)
 	c.Close()
 	p.rs.wake()   // a resync loop waiting for its window
@@ -290,7 +290,7 @@ func (p *Peer) teardown(c *transport.Conn, out sessionEnd) {
 		hot = v.al.Hot()
 	}
 	v.gate.Lock()
-	v.step(EvSessionEnded{Peer: p.cfg.NodeID, StandAlone: out.standalone, SplitBrain: out.splitBrain,
+	v.stepLogged(EvSessionEnded{Peer: p.cfg.NodeID, StandAlone: out.standalone, SplitBrain: out.splitBrain,
 		Reason: out.reason, HotExtents: hot})
 	v.gate.Unlock()
 }

@@ -429,6 +429,14 @@ func (v *Volume) step(ev Event) error {
 	return err
 }
 
+// stepLogged is step for events nobody waits on (a link or the disk failed, a handler
+// finished): a refusal there has no caller to return to, so it is logged.
+func (v *Volume) stepLogged(ev Event) {
+	if err := v.step(ev); err != nil {
+		v.log.Error("event refused", "event", fmt.Sprintf("%T", ev), "err", err)
+	}
+}
+
 // query reads the core under its lock.
 func query[T any](v *Volume, fn func(c *Core) T) T {
 	v.mu.Lock()
@@ -492,7 +500,7 @@ func (v *Volume) do(e Effect) error {
 		}
 		go func() {
 			code, err := p.runHandler(e.Name)
-			v.step(EvHandlerDone{Name: e.Name, Peer: e.Peer, Purpose: e.Purpose, Exit: code, Err: err})
+			v.stepLogged(EvHandlerDone{Name: e.Name, Peer: e.Peer, Purpose: e.Purpose, Exit: code, Err: err})
 		}()
 	case Freeze:
 		v.susp.freeze(e.Reason)

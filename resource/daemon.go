@@ -460,7 +460,16 @@ func (r *running) listen() error {
 		return fmt.Errorf("%s: export socket: %w", name, err)
 	}
 	r.expLns = append(r.expLns, uln)
+	var tcpTLS nbd.TLSPolicy
 	if r.host.Export != "" {
+		if r.host.ExportTLS != "" {
+			cfg, err := exportTLS(r.cfg, r.host)
+			if err != nil {
+				r.stopListening()
+				return err
+			}
+			tcpTLS = nbd.TLSPolicy{Config: cfg, Require: r.host.ExportTLS == "require"}
+		}
 		tln, err := net.Listen("tcp", r.host.Export)
 		if err != nil {
 			r.stopListening()
@@ -468,11 +477,15 @@ func (r *running) listen() error {
 		}
 		r.expLns = append(r.expLns, tln)
 	}
-	for _, l := range r.expLns {
+	for i, l := range r.expLns {
+		tp := nbd.TLSPolicy{}
+		if i > 0 { // the TCP export; the unix socket is local and root-only
+			tp = tcpTLS
+		}
 		r.wg.Add(1)
 		go func(l net.Listener) {
 			defer r.wg.Done()
-			r.exports.Serve(l)
+			r.exports.ServeTLS(l, tp)
 		}(l)
 	}
 	return nil

@@ -56,3 +56,34 @@ func tlsConfigs(host *config.Host, peers []*config.Peer) (client, server *tls.Co
 		MinVersion: tls.VersionTLS13}
 	return client, server, nil
 }
+
+// exportTLS builds the TCP export's TLS configuration (export-tls yes|require): the
+// node's certificate, client certificates required and verified against the CA. The
+// certificate, key and CA are the ones of the peer links (on section or net).
+func exportTLS(res *config.Resource, host *config.Host) (*tls.Config, error) {
+	n := res.Net
+	certFile, keyFile := n.TLSCertificate, n.TLSKey
+	if host.TLSCertificate != "" {
+		certFile = host.TLSCertificate
+	}
+	if host.TLSKey != "" {
+		keyFile = host.TLSKey
+	}
+	if certFile == "" || keyFile == "" || n.TLSCA == "" {
+		return nil, &config.Error{Pos: host.Pos, Msg: fmt.Sprintf("on %s: export-tls needs tls-certificate, tls-key and tls-ca", host.Name)}
+	}
+	cert, err := tls.LoadX509KeyPair(certFile, keyFile)
+	if err != nil {
+		return nil, fmt.Errorf("export-tls: certificate %s / key %s: %w", certFile, keyFile, err)
+	}
+	pem, err := os.ReadFile(n.TLSCA)
+	if err != nil {
+		return nil, fmt.Errorf("export-tls: CA: %w", err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(pem) {
+		return nil, fmt.Errorf("export-tls: CA %s holds no PEM certificate", n.TLSCA)
+	}
+	return &tls.Config{Certificates: []tls.Certificate{cert}, ClientCAs: pool, ClientAuth: tls.RequireAndVerifyClientCert,
+		MinVersion: tls.VersionTLS13}, nil
+}

@@ -30,6 +30,9 @@ type conn struct {
 	log *slog.Logger
 	br  *bufio.Reader
 
+	tls   TLSPolicy // what STARTTLS offers on this connection
+	tlsOn bool      // the connection runs over TLS
+
 	// Set by the handshake (transmitting and name are guarded by s.mu).
 	fixed, noZeroes bool
 	structured      bool

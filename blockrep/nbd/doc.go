@@ -9,8 +9,10 @@
 //
 // # Protocol
 //
-// Fixed newstyle handshake only, without TLS. Options: EXPORT_NAME, ABORT, LIST,
-// STARTTLS (refused with NBD_REP_ERR_POLICY), INFO, GO, STRUCTURED_REPLY and
+// Fixed newstyle handshake only. Options: EXPORT_NAME, ABORT, LIST, STARTTLS (on a
+// listener served with ServeTLS; refused with NBD_REP_ERR_POLICY elsewhere, and under a
+// required-TLS policy every other option gets NBD_REP_ERR_TLS_REQD), INFO, GO,
+// STRUCTURED_REPLY and
 // LIST/SET_META_CONTEXT for "base:allocation"; anything else gets NBD_REP_ERR_UNSUP.
 // Option data above 64 KiB is skipped unread and answered NBD_REP_ERR_TOO_BIG. Commands:
 // READ, WRITE, DISC, FLUSH, TRIM, CACHE (validated only), WRITE_ZEROES (NO_HOLE,

@@ -1,6 +1,8 @@
 package nbd
 
 import (
+	"bufio"
+	"crypto/tls"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -83,6 +85,12 @@ func (c *conn) negotiate() error {
 
 // option handles one option; done reports entry into the transmission phase.
 func (c *conn) option(opt uint32, data []byte) (done bool, err error) {
+	if c.tls.Require && !c.tlsOn && opt != optStartTLS && opt != optAbort {
+		if opt == optExportName { // cannot be answered: hang up, as proto.md says
+			return false, errors.New("NBD_OPT_EXPORT_NAME before TLS on a TLS-only export")
+		}
+		return false, c.optReply(opt, repErrTLSReqd, "TLS is required: send NBD_OPT_STARTTLS first")
+	}
 	switch opt {
 	case optExportName:
 		return true, c.exportName(string(data))
@@ -95,7 +103,7 @@ func (c *conn) option(opt uint32, data []byte) (done bool, err error) {
 		if len(data) != 0 {
 			return false, c.optReply(opt, repErrInvalid, "NBD_OPT_STARTTLS carries no data")
 		}
-		return false, c.optReply(opt, repErrPolicy, "TLS is not supported by this server")
+		return false, c.startTLS()
 	case optInfo, optGo:
 		return c.infoGo(opt, data)
 	case optStructuredReply:
@@ -363,4 +371,29 @@ func transmissionFlags(cp blockrep.Caps, structured bool) uint16 {
 		f |= tfSendDF // every read is answered with one chunk anyway
 	}
 	return f
+}
+
+// startTLS answers NBD_OPT_STARTTLS: acknowledge, then the rest of the connection runs
+// over TLS (the client waits for the acknowledgement before its TLS handshake).
+func (c *conn) startTLS() error {
+	switch {
+	case c.tls.Config == nil:
+		return c.optReply(optStartTLS, repErrPolicy, "TLS is not offered on this socket")
+	case c.tlsOn:
+		return c.optReply(optStartTLS, repErrInvalid, "TLS is already in use")
+	case c.br.Buffered() > 0:
+		return errors.New("data sent after NBD_OPT_STARTTLS before its reply")
+	}
+	if err := c.optReply(optStartTLS, repAck, ""); err != nil {
+		return err
+	}
+	tc := tls.Server(c.nc, c.tls.Config)
+	if err := tc.Handshake(); err != nil {
+		return fmt.Errorf("TLS handshake: %w", err)
+	}
+	c.nc, c.tlsOn = tc, true
+	c.br = bufio.NewReaderSize(tc, bufSize)
+	c.bw = bufio.NewWriterSize(tc, bufSize)
+	c.log.Debug("nbd: TLS established", "version", tls.VersionName(tc.ConnectionState().Version))
+	return nil
 }

@@ -1,6 +1,7 @@
 package nbd
 
 import (
+	"crypto/tls"
 	"errors"
 	"log/slog"
 	"net"
@@ -91,7 +92,17 @@ func (s *Server) initLocked() {
 
 // Serve accepts clients on l until Close; it returns nil after Close, else the accept
 // error. Transient errors (out of file descriptors) are retried.
-func (s *Server) Serve(l net.Listener) error {
+func (s *Server) Serve(l net.Listener) error { return s.ServeTLS(l, TLSPolicy{}) }
+
+// TLSPolicy is what a listener offers of NBD_OPT_STARTTLS: nothing (Config nil), TLS on
+// request, or TLS required before any other option (Require).
+type TLSPolicy struct {
+	Config  *tls.Config
+	Require bool
+}
+
+// ServeTLS is Serve with a TLS policy for the listener's clients.
+func (s *Server) ServeTLS(l net.Listener, tp TLSPolicy) error {
 	s.mu.Lock()
 	s.initLocked()
 	if s.closed {
@@ -126,7 +137,7 @@ func (s *Server) Serve(l net.Listener) error {
 			return err
 		}
 		delay = 0
-		go s.ServeConn(nc)
+		go s.serveConn(nc, tp)
 	}
 }
 
@@ -142,8 +153,11 @@ func temporary(err error) bool {
 
 // ServeConn serves one client and blocks until it is gone and every request it
 // submitted has completed. It closes nc.
-func (s *Server) ServeConn(nc net.Conn) {
+func (s *Server) ServeConn(nc net.Conn) { s.serveConn(nc, TLSPolicy{}) }
+
+func (s *Server) serveConn(nc net.Conn, tp TLSPolicy) {
 	c := newConn(s, nc)
+	c.tls = tp
 	s.mu.Lock()
 	s.initLocked()
 	if s.closed {

@@ -595,7 +595,7 @@ func (b *builder) host(s *stmt, r *Resource, def *volume) (*Host, *volume, error
 	h := &Host{Name: s.args[0], Pos: s.pos, MetaIndex: -1, NodeID: -1}
 	where := "on " + h.Name
 	var vol volume
-	var nodeID, address, export, exportAny, initiator, diskOpts, tlsCert, tlsKey *stmt
+	var nodeID, address, export, exportAny, exportTLS, initiator, diskOpts, tlsCert, tlsKey *stmt
 	for _, c := range s.block {
 		var slot **stmt
 		switch c.name {
@@ -607,6 +607,8 @@ func (b *builder) host(s *stmt, r *Resource, def *volume) (*Host, *volume, error
 			slot = &export
 		case "export-allow-any":
 			slot = &exportAny
+		case "export-tls":
+			slot = &exportTLS
 		case "tls-certificate":
 			slot = &tlsCert
 		case "tls-key":
@@ -662,6 +664,17 @@ func (b *builder) host(s *stmt, r *Resource, def *volume) (*Host, *volume, error
 	if exportAny != nil {
 		if h.ExportAllowAny, err = parseBool(exportAny); err != nil {
 			return nil, nil, err
+		}
+	}
+	if exportTLS != nil {
+		if h.ExportTLS, err = oneArg(exportTLS); err != nil {
+			return nil, nil, err
+		}
+		if err := checkEnum(exportTLS, h.ExportTLS, []string{"no", "yes", "require"}); err != nil {
+			return nil, nil, err
+		}
+		if h.ExportTLS == "no" {
+			h.ExportTLS = ""
 		}
 	}
 	if tlsCert != nil {

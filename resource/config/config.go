@@ -186,6 +186,9 @@ type Host struct {
 	// TLSCertificate and TLSKey (blockrep extensions in an on section): this node's
 	// certificate and key for TLS peer links, overriding the net section's.
 	TLSCertificate, TLSKey string
+	// ExportTLS (blockrep extension export-tls yes|require): the TCP export offers NBD's
+	// STARTTLS, or requires it; "" = no TLS. Certificates as for peer links.
+	ExportTLS string
 	// ExportAllowAny (blockrep extension export-allow-any): the operator chose to serve
 	// the export on a wildcard address (0.0.0.0, ::).
 	ExportAllowAny bool

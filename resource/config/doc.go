@@ -42,7 +42,8 @@
 //     level. Each file is read at most once, so a .res file may also be
 //     included, or several may include one global_common.conf.
 //
-// blockrep extensions: "export IP:PORT;", "export-allow-any yes;" and
+// blockrep extensions: "export IP:PORT;", "export-allow-any yes;", "export-tls
+// yes|require;" and
 // "initiator-name IQN;" in on sections, "storage replicated|shared;" in options,
 // "reservation ...;" in disk, "compression none|zstd|s2;",
 // "allow-unauthenticated yes;" and "tls-certificate|tls-key|tls-ca FILE;" in net

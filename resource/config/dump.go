@@ -71,6 +71,9 @@ func (r *Resource) Dump(w io.Writer) error {
 		if h.TLSKey != "" {
 			d.line(2, "tls-key %s;", d.word(h.TLSKey))
 		}
+		if h.ExportTLS != "" {
+			d.line(2, "export-tls %s;", h.ExportTLS)
+		}
 		if h.ExportAllowAny {
 			d.line(2, "export-allow-any yes;")
 		}

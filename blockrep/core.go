@@ -1,6 +1,7 @@
 package blockrep
 
 import (
+	"fmt"
 	"log/slog"
 	"slices"
 
@@ -140,6 +141,14 @@ func (c *Core) peer(nodeID int) int {
 		}
 	}
 	return -1
+}
+
+// known returns a peer's index, or an error naming what came from an unknown node.
+func (c *Core) known(nodeID int, what string) (int, error) {
+	if i := c.peer(nodeID); i >= 0 {
+		return i, nil
+	}
+	return -1, fmt.Errorf("%s unknown node-id %d", what, nodeID)
 }
 
 func (c *Core) ps(i int) *PeerState { return c.State.Peer(c.Peers[i].NodeID) }

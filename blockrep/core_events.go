@@ -416,9 +416,8 @@ type EvHandshake struct {
 }
 
 func (e EvHandshake) apply(c *Core) error {
-	i := c.peer(e.Peer)
-	if i < 0 {
-		return fmt.Errorf("handshake with unknown node-id %d", e.Peer)
+	if _, err := c.known(e.Peer, "handshake with"); err != nil {
+		return err
 	}
 	res := e.Result
 	switch res.Bits {
@@ -447,9 +446,9 @@ type EvSessionUp struct {
 }
 
 func (e EvSessionUp) apply(c *Core) error {
-	i := c.peer(e.Peer)
-	if i < 0 {
-		return fmt.Errorf("session with unknown node-id %d", e.Peer)
+	i, err := c.known(e.Peer, "session with")
+	if err != nil {
+		return err
 	}
 	p := &c.Peers[i]
 	if !p.Want {
@@ -513,9 +512,9 @@ type EvLinkDown struct {
 }
 
 func (e EvLinkDown) apply(c *Core) error {
-	i := c.peer(e.Peer)
-	if i < 0 {
-		return fmt.Errorf("link to unknown node-id %d", e.Peer)
+	i, err := c.known(e.Peer, "link to")
+	if err != nil {
+		return err
 	}
 	p := &c.Peers[i]
 	if e.Graceful {
@@ -552,9 +551,9 @@ type EvSessionEnded struct {
 }
 
 func (e EvSessionEnded) apply(c *Core) error {
-	i := c.peer(e.Peer)
-	if i < 0 {
-		return fmt.Errorf("session with unknown node-id %d", e.Peer)
+	i, err := c.known(e.Peer, "session with")
+	if err != nil {
+		return err
 	}
 	p := &c.Peers[i]
 	ps := c.ps(i)
@@ -632,9 +631,9 @@ type EvPeerState struct {
 }
 
 func (e EvPeerState) apply(c *Core) error {
-	i := c.peer(e.Peer)
-	if i < 0 {
-		return fmt.Errorf("state of unknown node-id %d", e.Peer)
+	i, err := c.known(e.Peer, "state of")
+	if err != nil {
+		return err
 	}
 	if e.Role == Primary && c.State.Role == Primary {
 		return fmt.Errorf("%w: peer became Primary while we are Primary", transport.ErrProtocol)
@@ -680,9 +679,9 @@ type EvPeerNewUUID struct {
 }
 
 func (e EvPeerNewUUID) apply(c *Core) error {
-	i := c.peer(e.Peer)
-	if i < 0 {
-		return fmt.Errorf("generation from unknown node-id %d", e.Peer)
+	i, err := c.known(e.Peer, "generation from")
+	if err != nil {
+		return err
 	}
 	g := e.Gen
 	if mask(c.Meta.Current) != mask(g.Prev) || c.State.Disk != UpToDate {
@@ -712,9 +711,9 @@ type EvPromoteRequest struct {
 }
 
 func (e EvPromoteRequest) apply(c *Core) error {
-	i := c.peer(e.Peer)
-	if i < 0 {
-		return fmt.Errorf("promotion request from unknown node-id %d", e.Peer)
+	i, err := c.known(e.Peer, "promotion request from")
+	if err != nil {
+		return err
 	}
 	r := transport.Reply{ID: e.ID, OK: true}
 	switch {
@@ -740,9 +739,9 @@ type EvSyncRequest struct {
 }
 
 func (e EvSyncRequest) apply(c *Core) error {
-	i := c.peer(e.Peer)
-	if i < 0 {
-		return fmt.Errorf("sync request from unknown node-id %d", e.Peer)
+	i, err := c.known(e.Peer, "sync request from")
+	if err != nil {
+		return err
 	}
 	selfSource := !e.SenderIsSource
 	reply := transport.Reply{ID: e.ID, OK: true}
@@ -769,9 +768,9 @@ type EvSyncReply struct {
 }
 
 func (e EvSyncReply) apply(c *Core) error {
-	i := c.peer(e.Peer)
-	if i < 0 {
-		return fmt.Errorf("sync reply from unknown node-id %d", e.Peer)
+	i, err := c.known(e.Peer, "sync reply from")
+	if err != nil {
+		return err
 	}
 	if !e.Reply.OK {
 		c.log(slog.LevelWarn, "peer refused a full resync", "peer", c.Peers[i].Name, "reason", e.Reply.Reason)
@@ -846,9 +845,9 @@ type EvResyncDone struct {
 }
 
 func (e EvResyncDone) apply(c *Core) error {
-	i := c.peer(e.Peer)
-	if i < 0 {
-		return fmt.Errorf("resync from unknown node-id %d", e.Peer)
+	i, err := c.known(e.Peer, "resync from")
+	if err != nil {
+		return err
 	}
 	if r := c.ps(i).Repl; !r.IsSyncTarget() {
 		return fmt.Errorf("%w: RSDone while %s", transport.ErrProtocol, r)
@@ -891,9 +890,9 @@ type EvResyncFinished struct {
 }
 
 func (e EvResyncFinished) apply(c *Core) error {
-	i := c.peer(e.Peer)
-	if i < 0 {
-		return fmt.Errorf("resync to unknown node-id %d", e.Peer)
+	i, err := c.known(e.Peer, "resync to")
+	if err != nil {
+		return err
 	}
 	p := &c.Peers[i]
 	if p.Session != e.Session || !c.ps(i).Repl.IsSyncSource() {

@@ -79,16 +79,45 @@ func unmountForeign(ctx context.Context, r *resolved, dir string, devs []string)
 	if len(devs) == 0 {
 		return nil
 	}
-	for _, pid := range foreignMounts(dir, devs) {
-		ns := strconv.Itoa(pid)
-		r.Logger.Warn("pgagent: unmounting a copy in another mount namespace", "dir", dir, "pid", pid, "comm", comm(pid))
-		if _, err := run(ctx, "nsenter", "-t", ns, "-m", "umount", dir); err != nil {
-			if _, err := run(ctx, "nsenter", "-t", ns, "-m", "umount", "-l", dir); err != nil {
-				return fmt.Errorf("%s still mounted in the mount namespace of pid %d: %v", dir, pid, err)
+	// A namespace's processes may exit while we work on it (a short-lived
+	// "ip netns exec" command): its copy then goes with it, and another
+	// process may still hold the same namespace. So scan again after each
+	// pass, and judge a failure only by a namespace that still holds the
+	// mount.
+	var lastErr error
+	for pass := 0; pass < 5; pass++ {
+		holders := foreignMounts(dir, devs)
+		if len(holders) == 0 {
+			return nil
+		}
+		lastErr = nil
+		for _, pid := range holders {
+			ns := strconv.Itoa(pid)
+			r.Logger.Warn("pgagent: unmounting a copy in another mount namespace", "dir", dir, "pid", pid, "comm", comm(pid))
+			if _, err := nsenter(ctx, ns, "umount", dir); err == nil {
+				continue
+			}
+			if _, err := nsenter(ctx, ns, "umount", "-l", dir); err != nil {
+				lastErr = fmt.Errorf("%s still mounted in the mount namespace of pid %d: %v", dir, pid, err)
 			}
 		}
+		if err := ctx.Err(); err != nil {
+			return err
+		}
 	}
-	return nil
+	if holders := foreignMounts(dir, devs); len(holders) == 0 {
+		return nil
+	}
+	if lastErr == nil {
+		lastErr = fmt.Errorf("%s still mounted in other mount namespaces", dir)
+	}
+	return lastErr
+}
+
+// nsenter runs a command in the mount namespace of pid; a variable so that a
+// test can end the namespace's last process just before it.
+var nsenter = func(ctx context.Context, pid string, args ...string) (string, error) {
+	return run(ctx, "nsenter", append([]string{"-t", pid, "-m"}, args...)...)
 }
 
 // mountDev returns the major:minor of dir's mount in our namespace, or "".

@@ -142,7 +142,7 @@ func TestStackLifecycle(t *testing.T) {
 	defer func() { _ = ns.Process.Kill(); _ = ns.Wait() }()
 	nsMountinfo := fmt.Sprintf("/proc/%d/mountinfo", ns.Process.Pid)
 	for i := 0; ; i++ {
-		if b, _ := os.ReadFile(nsMountinfo); strings.Contains(string(b), cfg.MountPoint) {
+		if holdsCopy(ns.Process.Pid, cfg.MountPoint) {
 			break
 		}
 		if i > 100 {

@@ -100,7 +100,24 @@ type ResourceStatus struct {
 	Quorum bool `json:"quorum"`
 	// Reservation is the SCSI reservation state of a shared-storage resource.
 	Reservation *ReservationStatus `json:"reservation,omitempty"`
-	Peers       []PeerStatus       `json:"peers"`
+	// Service is the promoter's service stack on this node (resources with a
+	// promoter section only).
+	Service *ServiceStatus `json:"service,omitempty"`
+	Peers   []PeerStatus   `json:"peers"`
+}
+
+// ServiceStatus is the service stack (device, filesystem, PostgreSQL, floating IP)
+// the promoter runs on a Primary.
+type ServiceStatus struct {
+	State string    `json:"state"` // running | starting | stopping | stopped | failed
+	Node  string    `json:"node"`  // this node
+	Step  string    `json:"step,omitempty"`
+	Since time.Time `json:"since"`
+	Error string    `json:"error,omitempty"`
+	// Device is how the export became a block device: "nbdfuse+loop" or "nbd".
+	Device string `json:"device,omitempty"`
+	// HoldOff: pg-init or a switchover is running; the promoter waits.
+	HoldOff bool `json:"hold_off,omitempty"`
 }
 
 // ReservationStatus is a shared LUN's persistent reservation as this node sees it.

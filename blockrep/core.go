@@ -46,6 +46,9 @@ type CorePeer struct {
 	Name     string
 	Protocol Protocol
 	Fencing  FencingPolicy
+	// Tiebreaker: the peer is diskless by configuration (disk none): it votes for
+	// quorum and arbitrates promotions, and holds no data.
+	Tiebreaker bool
 	// Want: the operator wants the connection (connect); false after disconnect or a
 	// refusal that must not be retried automatically.
 	Want          bool
@@ -60,6 +63,9 @@ type CorePeer struct {
 	// Closing is why the core itself asked for this link to close: the loss that follows
 	// is deliberate and never fenced.
 	Closing string
+	// TargetWasUpToDate: the live session's resync runs from us to a peer whose disk
+	// was UpToDate at the handshake.
+	TargetWasUpToDate bool
 	// Fence: the live link was lost while this peer held our data; FenceFreeze: writes
 	// were frozen for it. Set at EvLinkDown, acted on at EvSessionEnded.
 	Fence, FenceFreeze bool
@@ -86,10 +92,11 @@ func (m MetaState) clone() MetaState {
 
 // CorePeerConfig configures one peer of NewCore.
 type CorePeerConfig struct {
-	NodeID   int
-	Name     string
-	Protocol Protocol
-	Fencing  FencingPolicy
+	NodeID     int
+	Name       string
+	Protocol   Protocol
+	Fencing    FencingPolicy
+	Tiebreaker bool
 }
 
 // NewCore is the core of a freshly attached volume: Secondary, every peer StandAlone,
@@ -99,7 +106,7 @@ func NewCore(nodeID int, name string, alUpdates bool, quorum QuorumPolicy, peers
 		State: State{Role: Secondary, Disk: DiskStateFromFlags(sb.Flags)},
 		Meta:  MetaState{Current: sb.Current, History: sb.History, Flags: sb.Flags}}
 	for _, pc := range peers {
-		c.Peers = append(c.Peers, CorePeer{NodeID: pc.NodeID, Name: pc.Name, Protocol: pc.Protocol, Fencing: pc.Fencing})
+		c.Peers = append(c.Peers, CorePeer{NodeID: pc.NodeID, Name: pc.Name, Protocol: pc.Protocol, Fencing: pc.Fencing, Tiebreaker: pc.Tiebreaker})
 		c.State.Peers = append(c.State.Peers, PeerState{NodeID: pc.NodeID, Name: pc.Name, Conn: StandAlone, Disk: DUnknown})
 		var slot SlotState
 		if i := sb.Slot(pc.NodeID); i >= 0 {
@@ -216,7 +223,7 @@ func (c *Core) otherInSync(i int) bool {
 // anyBehind reports whether some peer would not receive our writes.
 func (c *Core) anyBehind() bool {
 	for i := range c.Peers {
-		if !c.inSync(i) {
+		if !c.inSync(i) && !c.Peers[i].Tiebreaker {
 			return true
 		}
 	}
@@ -241,6 +248,14 @@ func (c *Core) newGeneration(forced, diskless bool) {
 			adopters = append(adopters, i)
 			continue
 		}
+		// A tiebreaker records the generation, so that it grants promotion only to data
+		// this new; it has no bitmap.
+		if c.Peers[i].Tiebreaker {
+			if c.ps(i).Conn == Connected {
+				adopters = append(adopters, i)
+			}
+			continue
+		}
 		if s := &c.Meta.Slots[i]; s.BitmapUUID == 0 && mask(old) != UUIDJustCreated {
 			s.BitmapUUID = old
 		}
@@ -260,7 +275,8 @@ func (c *Core) newGeneration(forced, diskless bool) {
 // and decide again with the current state.
 func (c *Core) rehandshake(which func(i int) bool, why string) {
 	for i := range c.Peers {
-		if which(i) && c.ps(i).Conn == Connected {
+		// A tiebreaker holds no data: there is nothing to re-decide with it.
+		if which(i) && c.ps(i).Conn == Connected && !c.Peers[i].Tiebreaker {
 			c.Peers[i].Deferred, c.Peers[i].BothInconsistent = false, false
 			c.closeLink(i, why)
 		}
@@ -394,7 +410,8 @@ func (c *Core) hasQuorum() bool {
 		voters++
 		if c.ps(i).Conn == Connected {
 			present++
-		} else if c.Meta.Slots[i].Flags&PeerOutdated == 0 {
+		} else if c.Meta.Slots[i].Flags&PeerOutdated == 0 && !c.Peers[i].Tiebreaker {
+			// An absent tiebreaker holds no data that could move on without us.
 			unknownAbsent = true
 		}
 	}

@@ -201,7 +201,7 @@ func (EvPromoteCommit) apply(c *Core) error {
 	c.emit(SetWritable{On: true})
 	for i, p := range c.Peers {
 		ps := c.ps(i)
-		if forced && ps.Conn == Connected && ps.Repl == Established && ps.Disk != UpToDate {
+		if forced && ps.Conn == Connected && ps.Repl == Established && ps.Disk != UpToDate && !p.Tiebreaker {
 			c.emit(RequestSync{Peer: p.NodeID, SenderIsSource: true})
 		}
 	}
@@ -241,6 +241,13 @@ func (e EvDemoteCommit) apply(c *Core) error {
 	c.persist()
 	c.mustChange(func(s *State) { s.Role = Secondary })
 	c.log(slog.LevelInfo, "demoted")
+	// Without quorum the majority may have promoted another node meanwhile: our data
+	// is no longer authoritative, and must neither be promoted again nor win a
+	// reconnection.
+	if c.State.NoQuorum {
+		c.log(slog.LevelWarn, "demoted without quorum: marking the disk Outdated")
+		c.markOutdated()
+	}
 	return nil
 }
 
@@ -461,6 +468,7 @@ func (e EvSessionUp) apply(c *Core) error {
 		return fmt.Errorf("already SyncTarget of %s; retrying", c.Peers[j].Name)
 	}
 	p.DiscardMyData = false
+	p.TargetWasUpToDate = res.Repl == SyncSource && peer.Disk == UpToDate
 	p.Deferred = res.Deferred
 	p.BothInconsistent = res.Deferred && self.Disk <= Inconsistent && peer.Disk <= Inconsistent
 	p.Session++
@@ -583,7 +591,7 @@ func (e EvSessionEnded) apply(c *Core) error {
 	}
 	// A new generation marks writes this peer misses. A diskless Primary left without
 	// any replica writes nothing, so its generation stays and the peer may rejoin it.
-	if wasLive && c.State.Role == Primary && (!c.DiskFailed || c.otherInSync(i)) {
+	if wasLive && !p.Tiebreaker && c.State.Role == Primary && (!c.DiskFailed || c.otherInSync(i)) {
 		c.newGeneration(false, c.DiskFailed)
 	}
 	if wasLive {
@@ -909,6 +917,12 @@ func (e EvResyncFinished) apply(c *Core) error {
 		sp.Repl, sp.Disk = Established, UpToDate
 	})
 	c.log(slog.LevelInfo, "resync done", "as", "SyncSource", "peer", p.Name, "took", e.Took)
+	// An Outdated node (one that stepped down without quorum) whose data proved newer
+	// than an UpToDate peer's has just made that peer's data its own: it is as current.
+	if c.State.Disk == Outdated && p.TargetWasUpToDate {
+		c.log(slog.LevelInfo, "our newer data is now the UpToDate peer's: UpToDate again", "peer", p.Name)
+		c.markUpToDate()
+	}
 	c.emit(ResyncStats{Peer: p.NodeID})
 	c.send(i, transport.MsgRSDone, &transport.Generation{Current: c.Meta.Current, History: c.Meta.History})
 	if p.Fencing != FencingDontCare {

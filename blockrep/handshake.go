@@ -99,7 +99,15 @@ func DecideHandshake(self, peer HandshakeSide, pol SplitBrainPolicy) HandshakeRe
 
 	if splitBrain {
 		r.SplitBrain = true
-		if cmp.Strategy == SplitBrainAutoRecover || pol.AlwaysASBP {
+		// A Primary that lost quorum marks itself Outdated when it steps down: what it
+		// wrote after the majority moved on is discarded, as a victim's changes are.
+		if so, po := self.Disk == Outdated, peer.Disk == Outdated; so != po {
+			dir, full = 1, cmp.Strategy == SplitBrainDisconnect
+			if so {
+				dir = -1
+			}
+			r.Reason = fmt.Sprintf("Split-Brain detected, the Outdated node's changes are discarded. Sync from %s node", fromNode(dir))
+		} else if cmp.Strategy == SplitBrainAutoRecover || pol.AlwaysASBP {
 			if d := afterSplitBrain(self, peer, pol); d != 0 {
 				dir, full = d, cmp.Strategy == SplitBrainDisconnect
 				r.Reason = fmt.Sprintf("Split-Brain detected, %d primaries, automatically solved. Sync from %s node",

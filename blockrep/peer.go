@@ -74,7 +74,8 @@ type errGraceful struct{ reason string }
 
 func (e errGraceful) Error() string { return "disconnected: " + e.reason }
 
-func newPeer(v *Volume, cfg PeerConfig, slot int) *Peer {
+// peerDefaults fills in what the configuration left unset.
+func peerDefaults(cfg PeerConfig) PeerConfig {
 	if cfg.MaxBuffers <= 0 {
 		cfg.MaxBuffers = 2048
 	}
@@ -87,6 +88,14 @@ func newPeer(v *Volume, cfg PeerConfig, slot int) *Peer {
 	if cfg.Timeout <= 0 {
 		cfg.Timeout = 6 * time.Second
 	}
+	if cfg.PingTimeout <= 0 {
+		cfg.PingTimeout = cfg.Timeout
+	}
+	return cfg
+}
+
+func newPeer(v *Volume, cfg PeerConfig, slot int) *Peer {
+	cfg = peerDefaults(cfg)
 	p := &Peer{
 		v: v, cfg: cfg, slot: slot, bm: v.meta.Bitmap(slot),
 		log:      v.log.With("peer", cfg.Name),
@@ -321,37 +330,65 @@ func (p *Peer) waitWanted() bool {
 // obtainLink dials (higher node id) or waits for the peer to dial (lower node id, which
 // pokes the peer so that it dials at once). nil means: re-check whether still wanted.
 func (p *Peer) obtainLink() *transport.Conn {
-	id := p.identity()
+	return linkRules{cfg: &p.cfg, id: p.identity(), dials: p.dials(), dial: p.v.cfg.Dial, clock: p.v.clock, log: p.log,
+		quit: p.quit, kick: p.kick, incoming: p.incoming, wanted: p.wanted}.obtain()
+}
+
+// linkRules is how a node obtains the link to one peer; a data node's Peer and a
+// tiebreaker's link follow the same rules, so either may meet the other.
+type linkRules struct {
+	cfg      *PeerConfig
+	id       transport.Identity
+	dials    bool
+	dial     transport.DialFunc
+	clock    clock.Clock
+	log      *slog.Logger
+	quit     chan struct{}
+	kick     chan struct{}
+	incoming chan *transport.Conn
+	wanted   func() bool
+}
+
+func (l linkRules) quitting() bool {
+	select {
+	case <-l.quit:
+		return true
+	default:
+		return false
+	}
+}
+
+func (l linkRules) obtain() *transport.Conn {
 	for attempt := 0; ; attempt++ {
-		if p.quitting() || !p.wanted() {
+		if l.quitting() || !l.wanted() {
 			return nil
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), transport.HandshakeTimeout)
-		c, err := transport.DialWith(ctx, p.v.cfg.Dial, p.cfg.Address, p.cfg.LocalAddress, id)
+		c, err := transport.DialWith(ctx, l.dial, l.cfg.Address, l.cfg.LocalAddress, l.id)
 		cancel()
-		if p.dials() {
+		if l.dials {
 			if err == nil {
 				return c
 			}
 			if attempt == 0 || attempt%30 == 0 {
-				p.log.Info("cannot connect yet", "address", p.cfg.Address, "err", err)
+				l.log.Info("cannot connect yet", "address", l.cfg.Address, "err", err)
 			}
 		} else if err == nil {
 			c.Close() // the poke: the peer now dials us
 		} else if errors.Is(err, transport.ErrAuth) {
-			p.log.Warn("peer refused us", "err", err)
+			l.log.Warn("peer refused us", "err", err)
 		}
-		wait := min(p.cfg.ConnectInt, time.Duration(attempt+1)*250*time.Millisecond)
-		t := p.v.clock.NewTimer(wait)
+		wait := min(l.cfg.ConnectInt, time.Duration(attempt+1)*250*time.Millisecond)
+		t := l.clock.NewTimer(wait)
 		select {
-		case <-p.quit:
+		case <-l.quit:
 			t.Stop()
 			return nil
-		case <-p.kick:
+		case <-l.kick:
 			t.Stop()
-		case c := <-p.incoming:
+		case c := <-l.incoming:
 			t.Stop()
-			if !p.wanted() {
+			if !l.wanted() {
 				c.Close()
 				return nil
 			}
@@ -361,33 +398,41 @@ func (p *Peer) obtainLink() *transport.Conn {
 	}
 }
 
+// keepalive pings the peer and declares it dead when it has been silent too long
+// (busy: requests to it are in flight). It reads the engine clock: a step of the wall
+// clock neither drops nor keeps a link.
+func (l linkRules) keepalive(c *transport.Conn, stop chan struct{}, lastRecv *atomic.Int64, busy func() bool) {
+	cfg := l.cfg
+	lastPing := l.clock.Now()
+	// The tick bounds how late a death is noticed: a tenth of the shortest deadline.
+	tick := min(cfg.PingInt, cfg.PingTimeout, cfg.Timeout, time.Second) / 10
+	for clock.Sleep(l.clock, tick, stop) {
+		now := l.clock.Now()
+		silent := now - time.Duration(lastRecv.Load())
+		b := busy()
+		if silent > cfg.PingInt+cfg.PingTimeout || b && silent > cfg.Timeout {
+			l.log.Warn("peer timed out", "silent", silent.Round(time.Millisecond))
+			c.Close()
+			return
+		}
+		if now-lastPing >= cfg.PingInt || b && silent > cfg.Timeout/2 {
+			c.Post(transport.MsgPing, nil)
+			lastPing = now
+		}
+	}
+}
+
 func (p *Peer) identity() transport.Identity {
 	return transport.Identity{Resource: p.v.cfg.Resource, LocalID: p.v.cfg.NodeID, PeerID: p.cfg.NodeID,
 		Secret: p.cfg.Secret, Alg: p.cfg.HMACAlg, TLS: p.cfg.TLS, PeerName: p.cfg.Name}
 }
 
-// keepalive pings the peer and declares it dead when it has been silent too long. It
-// reads the engine clock: a step of the wall clock neither drops nor keeps a link.
 func (p *Peer) keepalive(c *transport.Conn, stop chan struct{}) {
-	clk := p.v.clock
-	lastPing := clk.Now()
-	tick := min(p.cfg.PingInt, time.Second)
-	for clock.Sleep(clk, tick, stop) {
-		now := clk.Now()
-		silent := now - time.Duration(p.lastRecv.Load())
+	linkRules{cfg: &p.cfg, clock: p.v.clock, log: p.log}.keepalive(c, stop, &p.lastRecv, func() bool {
 		p.pendMu.Lock()
-		busy := len(p.pending) > 0
-		p.pendMu.Unlock()
-		if silent > p.cfg.PingInt+p.cfg.Timeout || busy && silent > p.cfg.Timeout {
-			p.log.Warn("peer timed out", "silent", silent.Round(time.Millisecond))
-			c.Close()
-			return
-		}
-		if now-lastPing >= p.cfg.PingInt || busy && silent > p.cfg.Timeout/2 {
-			c.Post(transport.MsgPing, nil)
-			lastPing = now
-		}
-	}
+		defer p.pendMu.Unlock()
+		return len(p.pending) > 0
+	})
 }
 
 // heard records input from the peer (the keepalive's reference).

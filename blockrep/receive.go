@@ -74,7 +74,7 @@ func (p *Peer) handle(c *transport.Conn, t transport.MsgType, payload []byte, b 
 		}
 		return v.step(EvPeerState{Peer: id, Role: Role(s.Role), Disk: DiskState(s.Disk)})
 	case transport.MsgPromoteReq:
-		a, err := transport.DecodeAck(payload)
+		a, err := transport.DecodePromoteRequest(payload)
 		if err != nil {
 			return err
 		}

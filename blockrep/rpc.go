@@ -60,11 +60,10 @@ func (p *Peer) deliverReply(r transport.Reply) bool {
 
 // askPromote is phase one of a promotion: the connected peer must agree.
 func (p *Peer) askPromote() error {
+	current := query(p.v, func(c *Core) uint64 { return c.Meta.Current })
 	r, err := p.request(transport.MsgPromoteReq, func(id uint64) []byte {
-		a := transport.Ack{ID: id}
-		b := make([]byte, transport.AckSize)
-		a.Put(b)
-		return b
+		m := transport.PromoteRequest{ID: id, Current: current}
+		return m.Encode()
 	}, 10*time.Second, nil)
 	if err != nil {
 		return fmt.Errorf("cannot confirm with peer %s: %w", p.cfg.Name, err)

@@ -14,7 +14,9 @@ func (p *Peer) submitData(r *Request, b *Batch, diskless bool) {
 	}
 	if !p.replicating {
 		p.pendMu.Unlock()
-		p.bm.SetRange(r.Off, r.Len)
+		if !p.cfg.Tiebreaker {
+			p.bm.SetRange(r.Off, r.Len)
+		}
 		return
 	}
 	p.nextID++

@@ -104,7 +104,9 @@ func (p *Peer) session(c *transport.Conn) sessionEnd {
 	switch {
 	case int(w.NodeID) != p.cfg.NodeID:
 		return refuse("peer claims node-id %d, expected %d", w.NodeID, p.cfg.NodeID)
-	case int64(w.Size) != v.size:
+	case p.cfg.Tiebreaker && DiskState(w.Disk) != Diskless:
+		return refuse("%s is configured as a diskless tiebreaker (disk none) but has a disk", p.cfg.Name)
+	case !p.cfg.Tiebreaker && int64(w.Size) != v.size:
 		return refuse("disk size mismatch: ours %d bytes, peer's %d bytes", v.size, w.Size)
 	case Protocol(w.Protocol) != p.cfg.Protocol:
 		return refuse("protocol mismatch: ours %s, peer's %s", p.cfg.Protocol, Protocol(w.Protocol))
@@ -162,7 +164,7 @@ func (p *Peer) session(c *transport.Conn) sessionEnd {
 	var wg sync.WaitGroup
 	recvDone := make(chan struct{})
 	p.pendMu.Lock()
-	p.link, p.replicating = c, true
+	p.link, p.replicating = c, !p.cfg.Tiebreaker
 	p.sessionNo++
 	p.recvDone, p.sessStop, p.sessWG = recvDone, stop, &wg
 	p.pendMu.Unlock()

@@ -59,11 +59,13 @@ type PeerConfig struct {
 	Secret       string
 	HMACAlg      string
 	Policy       SplitBrainPolicy
-	// Timeout: a peer silent this long is dead. PingInt: idle keepalive interval.
-	Timeout    time.Duration
-	PingInt    time.Duration
-	ConnectInt time.Duration
-	MaxBuffers int // writes in flight to the peer before the sender blocks
+	// PingInt: idle keepalive interval; a peer silent for PingInt+PingTimeout is dead,
+	// and one silent for Timeout while requests to it are in flight.
+	Timeout     time.Duration
+	PingInt     time.Duration
+	PingTimeout time.Duration
+	ConnectInt  time.Duration
+	MaxBuffers  int // writes in flight to the peer before the sender blocks
 	// SndBuf and RcvBuf size the socket buffers (sndbuf-size/rcvbuf-size); 0 = auto.
 	SndBuf, RcvBuf int
 	Resync         ResyncConfig
@@ -71,6 +73,9 @@ type PeerConfig struct {
 	Settings string
 	// Fencing: what losing this peer while Primary triggers.
 	Fencing FencingPolicy
+	// Tiebreaker: the peer is a diskless tiebreaker (disk none): it counts for quorum,
+	// arbitrates promotions and receives no data.
+	Tiebreaker bool
 	// TLS, when set, is the client configuration of the link (TLS 1.3, mutual
 	// certificates; the peer's must name the peer's host, Name).
 	TLS *tls.Config
@@ -284,7 +289,7 @@ func Open(cfg Config) (*Volume, error) {
 	}
 	var cps []CorePeerConfig
 	for _, pc := range cfg.Peers {
-		cps = append(cps, CorePeerConfig{NodeID: pc.NodeID, Name: pc.Name, Protocol: pc.Protocol, Fencing: pc.Fencing})
+		cps = append(cps, CorePeerConfig{NodeID: pc.NodeID, Name: pc.Name, Protocol: pc.Protocol, Fencing: pc.Fencing, Tiebreaker: pc.Tiebreaker})
 	}
 	v.core = NewCore(cfg.NodeID, cfg.NodeName, cfg.ALUpdates, cfg.Quorum, cps, sbNow, NewUUID)
 	for i := range cfg.Peers {

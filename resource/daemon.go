@@ -59,6 +59,8 @@ type running struct {
 	// shared is set instead of vol for a shared-storage resource (one LUN, no
 	// replication, the writer protected by a SCSI persistent reservation).
 	shared *fence.Shared
+	// witness is set instead of vol for a diskless tiebreaker (disk none).
+	witness *blockrep.Witness
 
 	peerLn    net.Listener
 	serverTLS *tls.Config // the listener's TLS configuration (net { tls yes; }), or nil
@@ -309,6 +311,9 @@ func (d *Daemon) do(req control.Request, name string) error {
 	if r.shared != nil {
 		return r.doShared(req)
 	}
+	if r.witnessOf() != nil {
+		return r.doWitness(req)
+	}
 	switch req.Verb {
 	case "down":
 		if err := r.down(req.Force); err != nil {
@@ -391,6 +396,9 @@ func (d *Daemon) up(name string) (*running, error) {
 	if res.Shared() {
 		return d.upShared(res, host, log)
 	}
+	if host.Disk == "none" {
+		return d.upWitness(res, host, log)
+	}
 	vcfg, err := volumeConfig(res, d.Node, d.Log)
 	if err != nil {
 		return nil, err
@@ -437,17 +445,25 @@ func (d *Daemon) up(name string) (*running, error) {
 	return r, nil
 }
 
-// listen starts the peer listener and the export sockets.
-func (r *running) listen() error {
-	name := r.cfg.Name
+// listenPeers starts the peer listener.
+func (r *running) listenPeers() error {
 	if len(r.vcfg.Peers) > 0 && r.host.Address != "" {
 		ln, err := net.Listen("tcp", r.host.Address)
 		if err != nil {
-			return fmt.Errorf("%s: listen on %s: %w", name, r.host.Address, err)
+			return fmt.Errorf("%s: listen on %s: %w", r.cfg.Name, r.host.Address, err)
 		}
 		r.peerLn = ln
 		r.wg.Add(1)
 		go r.acceptPeers(ln)
+	}
+	return nil
+}
+
+// listen starts the peer listener and the export sockets.
+func (r *running) listen() error {
+	name := r.cfg.Name
+	if err := r.listenPeers(); err != nil {
+		return err
 	}
 	r.exports = &nbd.Server{Logger: r.log, Lookup: r.lookupExport, List: func() []string { return []string{name} }}
 	path := control.ExportPath(r.d.RunDir, name)
@@ -506,6 +522,8 @@ func (r *running) acceptPeers(ln net.Listener) {
 			}
 			if vol := r.volume(); vol != nil {
 				vol.Incoming(tc)
+			} else if w := r.witnessOf(); w != nil {
+				w.Incoming(tc)
 			} else {
 				tc.Close()
 			}
@@ -566,6 +584,10 @@ func (r *running) secondary(force bool) error {
 
 // down: Secondary, disconnected, detached, no sockets.
 func (r *running) down(force bool) error {
+	if r.witnessOf() != nil {
+		r.downWitness()
+		return nil
+	}
 	if r.vol != nil {
 		if err := r.secondary(force); err != nil {
 			return err
@@ -672,6 +694,9 @@ func (r *running) status() control.ResourceStatus {
 	}
 	if r.shared != nil {
 		return r.sharedStatus(rs)
+	}
+	if r.witnessOf() != nil {
+		return r.witnessStatus(rs)
 	}
 	vol := r.volume()
 	if vol == nil {

@@ -22,14 +22,10 @@ func volumeConfig(r *config.Resource, node string, log *slog.Logger) (blockrep.C
 		return blockrep.Config{}, err
 	}
 	if h.Disk == "none" || h.Disk == "" {
-		return blockrep.Config{}, fmt.Errorf("%s: %s has no disk (diskless nodes are not supported yet)", h.Pos, node)
+		return blockrep.Config{}, fmt.Errorf("%s: %s is a diskless tiebreaker (disk none): it has no disk or metadata", h.Pos, node)
 	}
 	if r.Shared() {
 		return blockrep.Config{}, fmt.Errorf("%s: %s is a shared-storage resource (no replication, no metadata)", r.Pos, r.Name)
-	}
-	peers, err := r.Peers(node)
-	if err != nil {
-		return blockrep.Config{}, err
 	}
 	onIOError, err := blockrep.ParseIOErrorPolicy(r.Disk.OnIOError)
 	if err != nil {
@@ -39,40 +35,68 @@ func volumeConfig(r *config.Resource, node string, log *slog.Logger) (blockrep.C
 	if err != nil {
 		return blockrep.Config{}, fmt.Errorf("%s: %v", r.Pos, err)
 	}
-	cfg := blockrep.Config{
+	peers, err := peerConfigs(r, h)
+	if err != nil {
+		return blockrep.Config{}, err
+	}
+	return blockrep.Config{
 		Quorum: quorum, HandlerTimeout: r.Options.HandlerTimeout, Resource: r.Name, NodeID: h.NodeID, NodeName: h.Name, Disk: h.Disk, MetaDisk: h.MetaDisk,
 		ALExtents: r.Disk.ALExtents, ALUpdates: r.Disk.ALUpdates, Logger: log,
 		OnIOError: onIOError, Handlers: r.Handlers,
 		OpenDevice: deviceOpener(h),
+		Peers:      peers,
+	}, nil
+}
+
+// witnessConfig is the tiebreaker's configuration of resource r on node (disk none).
+func witnessConfig(r *config.Resource, h *config.Host, log *slog.Logger) (blockrep.WitnessConfig, error) {
+	quorum, err := blockrep.ParseQuorumPolicy(r.Options.Quorum, r.Options.OnNoQuorum)
+	if err != nil {
+		return blockrep.WitnessConfig{}, fmt.Errorf("%s: %v", r.Pos, err)
+	}
+	peers, err := peerConfigs(r, h)
+	if err != nil {
+		return blockrep.WitnessConfig{}, err
+	}
+	return blockrep.WitnessConfig{Resource: r.Name, NodeID: h.NodeID, NodeName: h.Name, Logger: log, Peers: peers, Quorum: quorum}, nil
+}
+
+// peerConfigs are the engine's connections of host h, each with its effective options.
+func peerConfigs(r *config.Resource, h *config.Host) ([]blockrep.PeerConfig, error) {
+	peers, err := r.Peers(h.Name)
+	if err != nil {
+		return nil, err
 	}
 	tlsClient, _, err := tlsConfigs(h, peers)
 	if err != nil {
-		return blockrep.Config{}, err
+		return nil, err
 	}
+	var out []blockrep.PeerConfig
 	for _, p := range peers {
 		n := &p.Net
 		if p.PeerAddress == "" || p.LocalAddress == "" {
-			return blockrep.Config{}, fmt.Errorf("%s: connection %s - %s has no address", p.Pos, node, p.Host.Name)
+			return nil, fmt.Errorf("%s: connection %s - %s has no address", p.Pos, h.Name, p.Host.Name)
 		}
 		pol, err := blockrep.ParseSplitBrainPolicy(n.AfterSB0Pri, n.AfterSB1Pri, n.AfterSB2Pri, n.RRConflict, n.AlwaysASBP)
 		if err != nil {
-			return blockrep.Config{}, fmt.Errorf("%s: %v", p.Pos, err)
+			return nil, fmt.Errorf("%s: %v", p.Pos, err)
 		}
 		fencing, err := blockrep.ParseFencingPolicy(n.Fencing)
 		if err != nil {
-			return blockrep.Config{}, fmt.Errorf("%s: %v", p.Pos, err)
+			return nil, fmt.Errorf("%s: %v", p.Pos, err)
 		}
-		cfg.Peers = append(cfg.Peers, blockrep.PeerConfig{
+		out = append(out, blockrep.PeerConfig{
 			NodeID: p.Host.NodeID, Name: p.Host.Name, Address: p.PeerAddress, LocalAddress: p.LocalAddress,
 			Protocol: n.Protocol, Secret: n.SharedSecret, HMACAlg: n.CramHMACAlg, Policy: pol,
-			Timeout: n.Timeout, PingInt: n.PingInt, ConnectInt: n.ConnectInt, MaxBuffers: n.MaxBuffers,
+			Timeout: n.Timeout, PingInt: n.PingInt, PingTimeout: n.PingTimeout, ConnectInt: n.ConnectInt, MaxBuffers: n.MaxBuffers,
 			SndBuf: int(n.SndBufSize), RcvBuf: int(n.RcvBufSize),
 			Resync: blockrep.ResyncConfig{Rate: p.Disk.ResyncRate, PlanAhead: p.Disk.CPlanAhead,
 				FillTarget: p.Disk.CFillTarget, MaxRate: p.Disk.CMaxRate, MinRate: p.Disk.CMinRate},
 			Settings: settings(n), Fencing: fencing, TLS: tlsClient,
+			Tiebreaker: p.Host.Disk == "none",
 		})
 	}
-	return cfg, nil
+	return out, nil
 }
 
 // settings are the options both ends of a connection must agree on.

@@ -268,6 +268,34 @@ func DecodeState(p []byte) (State, error) {
 	return State{Role: p[0], Disk: p[1]}, nil
 }
 
+// PromoteRequest asks the receiver's consent to become Primary. Current is the
+// sender's current generation: a tiebreaker grants only data at least as new as the
+// last Primary's it saw. An older peer sends the bare Ack (12 bytes).
+type PromoteRequest struct {
+	ID      uint64
+	Current uint64
+}
+
+func (r *PromoteRequest) Encode() []byte {
+	b := make([]byte, AckSize+8)
+	a := Ack{ID: r.ID}
+	a.Put(b)
+	binary.BigEndian.PutUint64(b[AckSize:], r.Current)
+	return b
+}
+
+func DecodePromoteRequest(p []byte) (PromoteRequest, error) {
+	switch len(p) {
+	case AckSize:
+		a, err := DecodeAck(p)
+		return PromoteRequest{ID: a.ID}, err
+	case AckSize + 8:
+		a, _ := DecodeAck(p[:AckSize])
+		return PromoteRequest{ID: a.ID, Current: binary.BigEndian.Uint64(p[AckSize:])}, nil
+	}
+	return PromoteRequest{}, protoErr("promote request of %d bytes", len(p))
+}
+
 // Reply answers a request (PromoteReq, SyncRequest) by ID.
 type Reply struct {
 	ID     uint64

@@ -190,7 +190,7 @@ func freePortOn(t testing.TB, ip string) int {
 
 func (c *Cluster) resFile(o Options) string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "resource %s {\n    net {\n        protocol %s;\n        shared-secret \"test-secret\";\n        connect-int 1;\n        ping-int 1;\n        timeout 20;\n%s    }\n", o.Resource, o.Protocol, o.Net)
+	fmt.Fprintf(&b, "resource %s {\n    net {\n        protocol %s;\n        shared-secret \"test-secret\";\n        connect-int 1;\n        ping-int 1;\n        ping-timeout 20;\n        timeout 20;\n%s    }\n", o.Resource, o.Protocol, o.Net)
 	if o.Disk != "" {
 		fmt.Fprintf(&b, "    disk {\n%s    }\n", o.Disk)
 	}

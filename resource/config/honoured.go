@@ -64,8 +64,8 @@ func (r *Resource) NotHonoured(node string) []string {
 		if n.OnCongestion != dn.OnCongestion || n.CongestionFill != 0 || n.CongestionExtents != dn.CongestionExtents {
 			add("on-congestion/congestion-fill/congestion-extents (writes always block when the send buffer is full)")
 		}
-		if n.KoCount != dn.KoCount || n.PingTimeout != dn.PingTimeout {
-			add("ko-count/ping-timeout (a peer silent for timeout with writes pending, or for ping-int + timeout, is dropped)")
+		if n.KoCount != dn.KoCount {
+			add("ko-count (a peer silent for timeout with writes pending, or for ping-int + ping-timeout, is dropped)")
 		}
 		switch n.RRConflict {
 		case "disconnect", "violently":

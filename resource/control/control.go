@@ -98,6 +98,8 @@ type ResourceStatus struct {
 	Suspended string `json:"suspended,omitempty"`
 	// Quorum: whether this node has quorum (always true with quorum off).
 	Quorum bool `json:"quorum"`
+	// Tiebreaker: this node is a diskless tiebreaker (disk none).
+	Tiebreaker bool `json:"tiebreaker,omitempty"`
 	// Reservation is the SCSI reservation state of a shared-storage resource.
 	Reservation *ReservationStatus `json:"reservation,omitempty"`
 	// Service is the promoter's service stack on this node (resources with a

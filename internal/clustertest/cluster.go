@@ -86,6 +86,11 @@ type Options struct {
 	Handlers string
 	// On is extra text for a node's on section, by node index.
 	On map[int]string
+	// Diskless makes nodes diskless tiebreakers (disk none), by node index.
+	Diskless map[int]bool
+	// Options is extra text for the resource's options section; Extra is raw text
+	// inside the resource (a promoter section, say).
+	Options, Extra string
 	// Network places the nodes: Loopback (default), Netns or Proxied (see network.go).
 	Network NetMode
 	// FaultInjection starts the daemons with --fault-injection (the "fault" verb).
@@ -152,10 +157,11 @@ func New(t testing.TB, o Options) *Cluster {
 		n := &Node{Name: names[i], ID: i, Addr: "127.0.0.1", c: c,
 			Disk: filepath.Join(dir, names[i]+".img"), RunDir: filepath.Join(dir, "run-"+names[i])}
 		n.log = filepath.Join(dir, names[i]+".log")
-		if err := os.WriteFile(n.Disk, nil, 0o600); err != nil {
+		if o.Diskless[i] {
+			n.Disk = "none"
+		} else if err := os.WriteFile(n.Disk, nil, 0o600); err != nil {
 			t.Fatal(err)
-		}
-		if err := os.Truncate(n.Disk, o.Size); err != nil {
+		} else if err := os.Truncate(n.Disk, o.Size); err != nil {
 			t.Fatal(err)
 		}
 		os.MkdirAll(n.RunDir, 0o700)
@@ -171,7 +177,9 @@ func New(t testing.TB, o Options) *Cluster {
 		t.Fatal(err)
 	}
 	for _, n := range c.Nodes {
-		c.MustAdm(n, "create-md", c.Res)
+		if n.Disk != "none" {
+			c.MustAdm(n, "create-md", c.Res)
+		}
 	}
 	return c
 }
@@ -194,12 +202,20 @@ func (c *Cluster) resFile(o Options) string {
 	if o.Disk != "" {
 		fmt.Fprintf(&b, "    disk {\n%s    }\n", o.Disk)
 	}
+	if o.Options != "" {
+		fmt.Fprintf(&b, "    options {\n%s    }\n", o.Options)
+	}
+	b.WriteString(o.Extra)
 	if o.Handlers != "" {
 		fmt.Fprintf(&b, "    handlers {\n%s    }\n", o.Handlers)
 	}
 	for i, n := range c.Nodes {
-		fmt.Fprintf(&b, "    on %s {\n        node-id %d;\n        address %s;\n        disk %s;\n        meta-disk internal;\n%s    }\n",
-			n.Name, n.ID, net.JoinHostPort(n.Addr, fmt.Sprint(n.Port)), n.Disk, o.On[i])
+		meta := "        meta-disk internal;\n"
+		if n.Disk == "none" {
+			meta = ""
+		}
+		fmt.Fprintf(&b, "    on %s {\n        node-id %d;\n        address %s;\n        disk %s;\n%s%s    }\n",
+			n.Name, n.ID, net.JoinHostPort(n.Addr, fmt.Sprint(n.Port)), n.Disk, meta, o.On[i])
 	}
 	// Explicit connections when a protocol differs per connection, or when the peers
 	// must dial each other through the proxies (Proxied: each host's address in a

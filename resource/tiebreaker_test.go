@@ -39,7 +39,10 @@ func TestTiebreakerDaemons(t *testing.T) {
 	}
 
 	c.MustAdm(alpha, "primary", "--force", c.Res)
-	c.WaitFor("beta in sync", func() bool { p := c.Peer(beta, alpha); return p.PeerDisk == "UpToDate" && c.Status(beta).Disk == "UpToDate" })
+	c.WaitFor("beta in sync", func() bool {
+		p := c.Peer(beta, alpha)
+		return p.PeerDisk == "UpToDate" && c.Status(beta).Disk == "UpToDate"
+	})
 	if _, e, code := c.Adm(beta, "primary", c.Res); code == 0 {
 		t.Fatal("beta promoted while alpha is Primary")
 	} else if !strings.Contains(e, "Primary") {

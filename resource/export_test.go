@@ -98,7 +98,7 @@ func TestReplicatedExportConformance(t *testing.T) {
 
 	t.Run("fio with verify at iodepth 64", func(t *testing.T) {
 		out, err := exec.Command("fio", "--name=v", "--ioengine=nbd", "--uri="+alpha.URI(), "--rw=randwrite",
-			"--bs=4k", "--iodepth=64", "--size=32M", "--verify=crc32c", "--do_verify=1").CombinedOutput()
+			"--bs=4k", "--iodepth=64", "--size=32M", "--verify=crc32c", "--do_verify=1", "--verify_state_save=0").CombinedOutput()
 		if err != nil || !strings.Contains(string(out), "err= 0") {
 			t.Fatalf("fio: %v\n%s", err, out)
 		}

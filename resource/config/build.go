@@ -19,6 +19,9 @@ type sections struct {
 type builder struct {
 	cfg    *Config
 	common sections
+	// promoters are the on sections' promoter sections with their positions,
+	// for checks once all hosts are known.
+	promoters map[*Host]promoterSec
 }
 
 func (b *builder) warn(p Pos, msg string) {
@@ -27,7 +30,7 @@ func (b *builder) warn(p Pos, msg string) {
 
 // build turns the top-level statements of all files into a Config.
 func build(top []*stmt) (*Config, error) {
-	b := &builder{cfg: &Config{}}
+	b := &builder{cfg: &Config{}, promoters: map[*Host]promoterSec{}}
 	var global, common *stmt
 	var resources []*stmt
 	names := map[string]Pos{}
@@ -379,6 +382,7 @@ func (b *builder) resource(s *stmt) (*Resource, error) {
 	var secs sections
 	var vol volume
 	var ons, conns []*stmt
+	var promoter *stmt
 	block, err := normalizeSections(s.block)
 	if err != nil {
 		return nil, err
@@ -407,6 +411,10 @@ func (b *builder) resource(s *stmt) (*Resource, error) {
 			}
 		case "on":
 			ons = append(ons, c)
+		case "promoter":
+			if err := sectionOnce(&promoter, c, where); err != nil {
+				return nil, err
+			}
 		case "connection", "connection-mesh":
 			conns = append(conns, c)
 		case "floating":
@@ -488,6 +496,17 @@ func (b *builder) resource(s *stmt) (*Resource, error) {
 		netPos = secs.net.pos
 	}
 	if err := checkNet(&r.Net, netPos, byName); err != nil {
+		return nil, err
+	}
+
+	var prom promoterSec
+	if promoter != nil {
+		if prom, err = parsePromoter(promoter, ""); err != nil {
+			return nil, err
+		}
+		r.Promoter = prom.p
+	}
+	if err := checkPromoter(r, prom, b.promoters, byName); err != nil {
 		return nil, err
 	}
 
@@ -595,7 +614,7 @@ func (b *builder) host(s *stmt, r *Resource, def *volume) (*Host, *volume, error
 	h := &Host{Name: s.args[0], Pos: s.pos, MetaIndex: -1, NodeID: -1}
 	where := "on " + h.Name
 	var vol volume
-	var nodeID, address, export, exportAny, exportTLS, initiator, diskOpts, tlsCert, tlsKey *stmt
+	var nodeID, address, export, exportAny, exportTLS, initiator, diskOpts, tlsCert, tlsKey, promoter *stmt
 	for _, c := range s.block {
 		var slot **stmt
 		switch c.name {
@@ -628,6 +647,11 @@ func (b *builder) host(s *stmt, r *Resource, def *volume) (*Host, *volume, error
 			continue
 		case "volume":
 			if err := vol.addVolume(c, where); err != nil {
+				return nil, nil, err
+			}
+			continue
+		case "promoter":
+			if err := sectionOnce(&promoter, c, where); err != nil {
 				return nil, nil, err
 			}
 			continue
@@ -696,6 +720,14 @@ func (b *builder) host(s *stmt, r *Resource, def *volume) (*Host, *volume, error
 		if h.InitiatorName, err = parseIQN(initiator); err != nil {
 			return nil, nil, err
 		}
+	}
+	if promoter != nil {
+		ps, err := parsePromoter(promoter, h.Name)
+		if err != nil {
+			return nil, nil, err
+		}
+		h.Promoter = ps.p
+		b.promoters[h] = ps
 	}
 
 	// Per-host disk options: the resource's, with the host's disk sections

@@ -85,6 +85,9 @@ type Resource struct {
 	// Volume is the DRBD volume number of the resource's one volume (0
 	// unless its volume sections say otherwise).
 	Volume int
+	// Promoter is the resource-level promoter section (blockrep extension),
+	// defaults applied; nil when absent. PromoterFor gives a node's settings.
+	Promoter *Promoter
 }
 
 // Host returns the "on node" section. Names match as drbdadm matches them:
@@ -197,6 +200,10 @@ type Host struct {
 	// section (or its volume) has a disk section: the resource's Disk with
 	// them applied. nil means the resource's Disk.
 	DiskOptions *DiskOptions
+	// Promoter (blockrep extension) holds the statements of the on section's
+	// promoter section only (zero where not given), overriding the resource's
+	// for this node; nil when it has none. Resource.PromoterFor merges them.
+	Promoter *Promoter
 }
 
 // Connection is one pair of hosts that replicate to each other.

@@ -48,5 +48,6 @@
 // "reservation ...;" in disk, "compression none|zstd|s2;",
 // "allow-unauthenticated yes;" and "tls-certificate|tls-key|tls-ca FILE;" in net
 // (also "tls-certificate" and "tls-key" in on sections), "handler-timeout N;" in
-// options.
+// options, and the promoter section (promoter.go) at resource level and in on
+// sections.
 package config

@@ -29,6 +29,10 @@ func (r *Resource) Dump(w io.Writer) error {
 	d.section(1, "disk", diffOptions(diskTable, &r.Disk, &defDisk, false))
 	d.mapSection(1, "handlers", r.Handlers, true)
 	d.mapSection(1, "startup", r.Startup, false)
+	if r.Promoter != nil {
+		def := DefaultPromoter()
+		d.promoter(1, r.Promoter, &def)
+	}
 
 	for _, h := range r.Hosts {
 		d.line(1, "on %s {", d.word(h.Name))
@@ -82,6 +86,9 @@ func (r *Resource) Dump(w io.Writer) error {
 		}
 		if h.InitiatorName != "" {
 			d.line(2, "initiator-name %s;", d.word(h.InitiatorName))
+		}
+		if h.Promoter != nil {
+			d.promoter(2, h.Promoter, nil)
 		}
 		d.line(1, "}")
 	}

@@ -57,6 +57,9 @@ func TestDumpRoundTrip(t *testing.T) {
 		"connection-mesh { hosts beta alpha; }",
 		"device minor 1048575; meta-disk \"/m d\" [7];",
 		"device \"/dev/a;b\" minor 3;",
+		"promoter { mount-point /m; pg-data /m/d; }",
+		"promoter { mount-point \"/m p\"; fs-type xfs; pg-bin-dir /b; pg-data \"/m p/#d\"; pg-port 1; pg-user u; address 10.0.0.1/32 dev eth0; prefer beta; restart-limit 1 86400; }",
+		"promoter { mount-point /m; pg-data /m/d; fs-type ext4; pg-port 5432; pg-user postgres; restart-limit 3 60; }",
 	}
 	for _, body := range bodies {
 		t.Run(body, func(t *testing.T) {
@@ -72,6 +75,8 @@ func TestDumpRoundTrip(t *testing.T) {
 		`resource r0 { options { storage shared; } disk /lun; on a { node-id 0; address 1.1.1.1:1; } on b { node-id 1; } }`,
 		`resource r0 { on a { node-id 0; address [fe80::1%eth0]:1; disk /d; } on b { node-id 1; address [fe80::2%eth0]:1; disk /d; } }`,
 		`resource r0 { on a { node-id 0; address "[fe80::1%a;b c]:1"; disk /d; } on b { node-id 1; address [fe80::2%eth0]:1; disk /d; } }`,
+		`resource r0 { on a { node-id 0; address 1.1.1.1:1; disk /d; promoter { mount-point /a; pg-data /a/d; fs-type ext4; address 10.0.0.1/8; } } on b { node-id 1; address 1.1.1.2:1; disk none; promoter { } } }`,
+		`resource r0 { promoter { } on a { node-id 0; disk /d; promoter { mount-point /a; pg-data /a/d; restart-limit 3 60; } } }`,
 	}
 	for _, src := range odd {
 		t.Run(src, func(t *testing.T) {

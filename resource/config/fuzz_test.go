@@ -35,6 +35,7 @@ func FuzzParse(f *testing.F) {
 	f.Add([]byte(`include "*.conf"; include "d/*";` + twoNode("")))
 	f.Add([]byte(`include "a.res";`))
 	f.Add([]byte(twoNode("connection { path { host alpha address [::1]:1; host beta address [::1]:2; } }")))
+	f.Add([]byte(pgExample))
 	f.Fuzz(func(t *testing.T, src []byte) {
 		cfg, err := parse(fuzzFS, "fuzz.res", src)
 		if err != nil {

@@ -50,8 +50,14 @@ func twoNode(body string) string {
 // stripPos clears positions, which a dumped and re-parsed resource cannot keep.
 func stripPos(r *Resource) *Resource {
 	r.Pos = Pos{}
+	if r.Promoter != nil {
+		r.Promoter.Pos = Pos{}
+	}
 	for _, h := range r.Hosts {
 		h.Pos = Pos{}
+		if h.Promoter != nil {
+			h.Promoter.Pos = Pos{}
+		}
 	}
 	for _, c := range r.Conns {
 		c.Pos = Pos{}

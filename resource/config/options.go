@@ -252,6 +252,8 @@ func homeSection(name string) string {
 		return "handlers"
 	case contains(startupNames, name):
 		return "startup"
+	case name != "address" && findPromoterStmt(name) != nil: // address also belongs in on sections
+		return "promoter"
 	}
 	return ""
 }

@@ -329,8 +329,9 @@ func (l *witnessLink) handle(c *transport.Conn, t transport.MsgType, payload []b
 			return err
 		}
 		w.mu.Lock()
+		// No generation here: what we know of a Secondary's may be stale (a resync
+		// changed it); a new Primary's is the one we granted, or its NewUUID follows.
 		l.view.Role, l.view.Disk = Role(s.Role), DiskState(s.Disk)
-		w.notePrimaryLocked(&l.view)
 		if w.grant == l.cfg.NodeID && l.view.Role == Primary {
 			w.grant = -1 // the Primary rule takes over
 		}
@@ -364,6 +365,10 @@ func (l *witnessLink) handle(c *transport.Conn, t transport.MsgType, payload []b
 		ok, why := GrantPromotion(l.cfg.NodeID, r.Current, peers, w.grant, w.latest, w.latestFrom)
 		if ok {
 			w.grant, w.grantAt = l.cfg.NodeID, now
+			if r.Current != 0 {
+				l.view.Current = r.Current
+				w.latest, w.latestFrom = r.Current, l.view.Name
+			}
 		}
 		w.mu.Unlock()
 		if ok {
@@ -390,7 +395,8 @@ func (l *witnessLink) handle(c *transport.Conn, t transport.MsgType, payload []b
 	return nil
 }
 
-// notePrimaryLocked records a connected Primary's generation as the newest.
+// notePrimaryLocked records a Primary's generation, fresh from its handshake, as the
+// newest.
 func (w *Witness) notePrimaryLocked(p *witnessPeer) {
 	if p.Conn == Connected && p.Role == Primary && p.Current != 0 {
 		w.latest, w.latestFrom = p.Current, p.Name

@@ -171,6 +171,19 @@ func (s *Stack) down(ctx context.Context, why string) error {
 	return first
 }
 
+// Cleanup removes what a previous run of this resource's stack left behind (a
+// crash: a floating IP, PostgreSQL, a mount, a loop device, nbdfuse) without
+// starting anything; for a node that comes up as Secondary. Only a stopped stack
+// is cleaned.
+func (s *Stack) Cleanup(ctx context.Context) error {
+	s.op.Lock()
+	defer s.op.Unlock()
+	if s.state() != Stopped {
+		return nil
+	}
+	return s.down(ctx, "cleanup")
+}
+
 // Stop takes the stack down in reverse order. Stop on a stopped stack is a no-op.
 func (s *Stack) Stop(ctx context.Context) error {
 	s.op.Lock()

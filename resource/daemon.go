@@ -61,6 +61,8 @@ type running struct {
 	shared *fence.Shared
 	// witness is set instead of vol for a diskless tiebreaker (disk none).
 	witness *blockrep.Witness
+	// promoter runs the service stack when the resource has a promoter section.
+	promoter *promoterRun
 
 	peerLn    net.Listener
 	serverTLS *tls.Config // the listener's TLS configuration (net { tls yes; }), or nil
@@ -296,6 +298,14 @@ func (d *Daemon) do(req control.Request, name string) error {
 		if err != nil {
 			return err
 		}
+		if r.vol != nil {
+			p, err := newPromoter(r)
+			if err != nil {
+				r.down(true)
+				return err
+			}
+			r.setPromoter(p)
+		}
 		d.set(name, r)
 		r.publish(false)
 		r.stop = make(chan struct{})
@@ -315,6 +325,10 @@ func (d *Daemon) do(req control.Request, name string) error {
 		return r.doWitness(req)
 	}
 	switch req.Verb {
+	case "pg-init":
+		return r.pgInit(req)
+	case "switchover":
+		return r.switchover(req.Target)
 	case "down":
 		if err := r.down(req.Force); err != nil {
 			return err
@@ -584,6 +598,11 @@ func (r *running) secondary(force bool) error {
 
 // down: Secondary, disconnected, detached, no sockets.
 func (r *running) down(force bool) error {
+	// The promoter's service goes first: it is what holds the device open.
+	if p := r.promoterOf(); p != nil {
+		p.close()
+		r.setPromoter(nil)
+	}
 	if r.witnessOf() != nil {
 		r.downWitness()
 		return nil
@@ -706,6 +725,9 @@ func (r *running) status() control.ResourceStatus {
 				Protocol: p.Protocol.String(), Reason: "local disk detached"})
 		}
 		return rs
+	}
+	if p := r.promoterOf(); p != nil {
+		rs.Service = p.status()
 	}
 	st, peers := vol.Status()
 	rs.Role, rs.Disk, rs.SizeBytes = st.Role.String(), st.Disk.String(), vol.Size()

@@ -44,7 +44,12 @@ func (r *running) publish(gone bool) {
 }
 
 // onChange is the volume's observer of committed state changes (blockrep.Config.OnChange).
-func (r *running) onChange(_, _ blockrep.State) { r.publish(false) }
+func (r *running) onChange(_, _ blockrep.State) {
+	r.publish(false)
+	if p := r.promoterOf(); p != nil {
+		p.poke()
+	}
+}
 
 // watchProgress publishes resync progress once a second while a resync runs: done%
 // changes without a state change.

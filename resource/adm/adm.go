@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"strings"
 
 	"github.com/urfave/cli/v2"
@@ -153,6 +154,18 @@ func commands() []*cli.Command {
 			},
 			Action: events,
 		},
+		{
+			Name: "pg-init", Usage: "make the filesystem and PostgreSQL cluster of a new volume (promoter resources)", ArgsUsage: "RESOURCE",
+			Flags: []cli.Flag{
+				&cli.BoolFlag{Name: "force", Usage: "a just-created resource (as primary --force); overwrite an existing filesystem"},
+				&cli.StringFlag{Name: "password-file", Usage: "file whose first line is the superuser's password", Required: true},
+			},
+			Action: pgInit,
+		},
+		{
+			Name: "switchover", Usage: "move the service from this node (the Primary) to NODE or the best other node", ArgsUsage: "RESOURCE [NODE]",
+			Action: switchover,
+		},
 		reserved("verify"), reserved("pause-sync"), reserved("resume-sync"), reserved("adjust"),
 		reserved("invalidate-remote"),
 	}
@@ -266,4 +279,28 @@ func createMD(c *cli.Context) error {
 			n, geo.DataSize, geo.MaxPeers)
 	}
 	return nil
+}
+
+func pgInit(c *cli.Context) error {
+	if c.NArg() != 1 || c.Args().First() == "all" {
+		return usageError("pg-init takes one resource")
+	}
+	b, err := os.ReadFile(c.String("password-file"))
+	if err != nil {
+		return &control.Error{Msg: fmt.Sprintf("password file: %v", err), Code: control.CodeUsage}
+	}
+	pw := strings.TrimRight(strings.SplitN(string(b), "\n", 2)[0], "\r")
+	if pw == "" {
+		return &control.Error{Msg: fmt.Sprintf("password file %s: the first line is empty", c.String("password-file")), Code: control.CodeUsage}
+	}
+	_, err = client(c).Do(control.Request{Verb: "pg-init", Resource: c.Args().First(), Force: c.Bool("force"), Password: pw})
+	return err
+}
+
+func switchover(c *cli.Context) error {
+	if c.NArg() < 1 || c.NArg() > 2 || c.Args().First() == "all" {
+		return usageError("switchover takes one resource and optionally the node to move to")
+	}
+	_, err := client(c).Do(control.Request{Verb: "switchover", Resource: c.Args().First(), Target: c.Args().Get(1)})
+	return err
 }

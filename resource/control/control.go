@@ -53,6 +53,10 @@ type Request struct {
 	// include counters.
 	Now        bool `json:"now,omitempty"`
 	Statistics bool `json:"statistics,omitempty"`
+	// Password is pg-init's superuser password (the control socket is root-only).
+	Password string `json:"password,omitempty"`
+	// Target is the node switchover moves the service to ("" = the best other node).
+	Target string `json:"target,omitempty"`
 }
 
 // Exit codes, after drbdsetup's where it has one.

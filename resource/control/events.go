@@ -141,6 +141,15 @@ func objects(r *ResourceStatus, statistics bool) []object {
 			KV{"read", strconv.FormatInt(r.ReadBytes>>10, 10)}, KV{"written", strconv.FormatInt(r.WrittenBytes>>10, 10)})
 	}
 	out := []object{res, dev}
+	// blockrep's own object: the promoter's service on this node.
+	if s := r.Service; s != nil {
+		step := s.Step
+		if step == "" {
+			step = "-"
+		}
+		out = append(out, object{kind: "service", identity: []KV{{"name", r.Name}, {"node", s.Node}},
+			state: []KV{{"state", s.State}, {"step", step}, {"hold-off", yesNo(s.HoldOff)}}})
+	}
 	for _, p := range r.Peers {
 		id := []KV{{"name", r.Name}, {"peer-node-id", strconv.Itoa(p.NodeID)}, {"conn-name", p.Node}}
 		role := p.PeerRole

@@ -25,6 +25,19 @@ func FormatStatus(w io.Writer, st *Status) {
 		} else {
 			fmt.Fprintf(w, "  disk:%s quorum:no\n", r.Disk)
 		}
+		if s := r.Service; s != nil {
+			line := "  service:" + s.State
+			if s.Step != "" {
+				line += " step:" + s.Step
+			}
+			if s.HoldOff {
+				line += " hold-off"
+			}
+			if s.Error != "" {
+				line += fmt.Sprintf(" (%s)", s.Error)
+			}
+			fmt.Fprintln(w, line)
+		}
 		for _, p := range r.Peers {
 			if p.Connection != "Connected" {
 				line := fmt.Sprintf("  %s connection:%s", p.Node, p.Connection)

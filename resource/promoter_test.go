@@ -267,3 +267,23 @@ func postmasterPID(t *testing.T, c *clustertest.Cluster, i int) int {
 	}
 	return pid
 }
+
+// TestPromoterBadBinDir: a pg-bin-dir without postgres refuses up in one line and
+// leaves the resource down.
+func TestPromoterBadBinDir(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts daemons")
+	}
+	dir := t.TempDir()
+	c := clustertest.New(t, clustertest.Options{Size: 64 << 20,
+		Extra: fmt.Sprintf("    promoter {\n        mount-point %s;\n        pg-data %s/data;\n        pg-bin-dir %s;\n    }\n", dir, dir, dir)})
+	alpha := c.Nodes[0]
+	c.Start(alpha)
+	_, e, code := c.Adm(alpha, "up", c.Res)
+	if code == 0 || !strings.Contains(e, "has no postgres executable") || strings.Count(strings.TrimSpace(e), "\n") > 0 {
+		t.Fatalf("up with a pg-bin-dir without postgres: exit %d, %q", code, e)
+	}
+	if _, err := c.TryStatus(alpha, 5*time.Second); err == nil {
+		t.Fatal("the resource is up after the refusal")
+	}
+}

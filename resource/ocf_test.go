@@ -110,3 +110,66 @@ func TestOCFAgent(t *testing.T) {
 		}
 	}
 }
+
+// TestCrmFencePeer: the Pacemaker fence-peer handler, on a CIB file (Pacemaker's
+// tools honour CIB_file): fence-peer places a valid location constraint that keeps
+// the clone's promoted role on this node and exits 4 (peer outdated); unfence-peer
+// removes it; without a matching clone it fails.
+func TestCrmFencePeer(t *testing.T) {
+	for _, b := range []string{"cibadmin", "crm_verify"} {
+		if _, err := exec.LookPath(b); err != nil {
+			t.Skipf("%s not installed (Debian: pacemaker-cli-utils)", b)
+		}
+	}
+	script, err := filepath.Abs("../scripts/ocf/crm-fence-peer.sh")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cib := filepath.Join(t.TempDir(), "cib.xml")
+	env := append(os.Environ(), "CIB_file="+cib)
+	sh := func(cmdline string, extra ...string) (int, string) {
+		cmd := exec.Command("sh", "-c", cmdline)
+		cmd.Env = append(append([]string{}, env...), extra...)
+		out, err := cmd.CombinedOutput()
+		if ee, ok := err.(*exec.ExitError); ok {
+			return ee.ExitCode(), string(out)
+		} else if err != nil {
+			t.Fatal(err)
+		}
+		return 0, string(out)
+	}
+	if rc, out := sh("cibadmin --empty > " + cib); rc != 0 {
+		t.Fatal(out)
+	}
+	for _, x := range []string{
+		`cibadmin -C -o crm_config -X '<cluster_property_set id="opts"><nvpair id="opts-stonith" name="stonith-enabled" value="false"/></cluster_property_set>'`,
+		`cibadmin -C -o resources -X '<clone id="br-clone"><meta_attributes id="m"><nvpair id="m-p" name="promotable" value="true"/></meta_attributes><primitive id="br" class="ocf" provider="blockrep" type="blockrep"><instance_attributes id="br-ia"><nvpair id="br-ia-r" name="drbd_resource" value="r0"/></instance_attributes></primitive></clone>'`,
+	} {
+		if rc, out := sh(x); rc != 0 {
+			t.Fatalf("%s: %s", x, out)
+		}
+	}
+	handler := []string{"DRBD_RESOURCE=r0", "BLOCKREP_NODE=alpha", "BLOCKREP_HANDLER=fence-peer"}
+	if rc, out := sh(script, handler...); rc != 4 {
+		t.Fatalf("fence-peer: exit %d, want 4\n%s", rc, out)
+	}
+	_, cons := sh("cibadmin -Q -o constraints")
+	if !strings.Contains(cons, `rsc="br-clone"`) || !strings.Contains(cons, `role="Promoted"`) || !strings.Contains(cons, `operation="ne" value="alpha"`) {
+		t.Fatalf("constraint:\n%s", cons)
+	}
+	if rc, out := sh("crm_verify -x " + cib); rc != 0 {
+		t.Fatalf("crm_verify with the constraint: %s", out)
+	}
+	if rc, out := sh(script, handler...); rc != 4 {
+		t.Fatalf("fence-peer again: exit %d\n%s", rc, out)
+	}
+	if rc, out := sh(script+" --unfence", "DRBD_RESOURCE=r0", "BLOCKREP_NODE=alpha"); rc != 0 {
+		t.Fatalf("unfence-peer: exit %d\n%s", rc, out)
+	}
+	if _, cons := sh("cibadmin -Q -o constraints"); strings.Contains(cons, "br-clone") {
+		t.Fatalf("constraint still there after unfence:\n%s", cons)
+	}
+	if rc, _ := sh(script, "DRBD_RESOURCE=r9", "BLOCKREP_NODE=alpha"); rc != 1 {
+		t.Fatalf("fence-peer for a resource without a clone: exit %d, want 1", rc)
+	}
+}

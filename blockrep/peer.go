@@ -111,8 +111,7 @@ func newPeer(v *Volume, cfg PeerConfig, slot int) *Peer {
 	p.maxPending = cfg.MaxBuffers
 	p.pendCond.L = &p.pendMu
 	p.rs.cond.L = &p.rs.mu
-	go p.run()
-	return p
+	return p // the caller starts p.run once the peer is in the volume's list
 }
 
 // NodeID returns the peer's node id.
@@ -216,7 +215,7 @@ func (v *Volume) Disconnect(nodeID int) error {
 		return err
 	}
 	deadline := v.clock.Now() + 10*time.Second
-	for _, p := range v.peers {
+	for _, p := range v.peersNow() {
 		if nodeID >= 0 && p.cfg.NodeID != nodeID {
 			continue
 		}
@@ -234,7 +233,7 @@ func (v *Volume) Incoming(c *transport.Conn) {
 		c.Close()
 		return
 	}
-	for _, p := range v.peers {
+	for _, p := range v.peersNow() {
 		if p.cfg.NodeID != c.PeerID {
 			continue
 		}

@@ -114,7 +114,7 @@ func (v *Volume) Status() (State, []PeerStatus) {
 	st := v.State()
 	now := v.clock.Now()
 	var out []PeerStatus
-	for _, p := range v.peers {
+	for _, p := range v.peersNow() {
 		ps := st.Peer(p.cfg.NodeID)
 		s := PeerStatus{PeerState: *ps, Protocol: p.cfg.Protocol,
 			OutOfSyncBytes: min(p.bm.Count()*BlockSize, v.size), ResyncBytes: p.rs.bytes.Load()}

@@ -262,6 +262,9 @@ func (d *Daemon) handle(req control.Request) control.Response {
 	} else {
 		names = []string{req.Resource}
 	}
+	if req.Verb == "adjust" {
+		return d.adjust(req, names)
+	}
 	for _, n := range names {
 		if err := d.do(req, n); err != nil {
 			return fail(codeOf(err), err)
@@ -329,6 +332,7 @@ func (d *Daemon) do(req control.Request, name string) error {
 		return r.pgInit(req)
 	case "switchover":
 		return r.switchover(req.Target)
+
 	case "down":
 		if err := r.down(req.Force); err != nil {
 			return err
@@ -553,7 +557,7 @@ func (r *running) identify(h transport.Hello) (transport.Identity, error) {
 	if h.LocalID != r.host.NodeID {
 		return transport.Identity{}, fmt.Errorf("node-id %d is not this node (%d)", h.LocalID, r.host.NodeID)
 	}
-	for _, p := range r.vcfg.Peers {
+	for _, p := range r.vcfgNow().Peers {
 		if p.NodeID == h.PeerID {
 			return transport.Identity{Resource: r.cfg.Name, LocalID: r.host.NodeID, PeerID: p.NodeID, Secret: p.Secret, Alg: p.HMACAlg, PeerName: p.Name}, nil
 		}

@@ -130,8 +130,8 @@ type Volume struct {
 
 	// ctl serializes the control plane: one Step and the execution of its effects at a
 	// time, in order. mu guards core for readers (State, Status, queries).
-	ctl   sync.Mutex
-	mu    sync.Mutex
+	ctl  sync.Mutex
+	mu   sync.Mutex
 	core *Core
 	// peers is replaced whole (Reconfigure), never changed in place: readers take
 	// the current slice with peersNow.

@@ -9,8 +9,9 @@ all: build
 build:
 	$(GO) build -o $(BIN)/ ./cmd/...
 
-# Debian packages the tests drive (real NBD clients, fio, qemu tools, filesystems, PostgreSQL).
-APT_PKGS := libnbd-bin nbdfuse nbdkit fio qemu-utils qemu-system-common nbd-server python3-libnbd e2fsprogs xfsprogs iproute2 iptables util-linux tgt sg3-utils postgresql-15
+# Debian packages the tests drive (real NBD clients, fio, qemu tools, filesystems, PostgreSQL,
+# Prometheus and promtool for the metrics test).
+APT_PKGS := libnbd-bin nbdfuse nbdkit fio qemu-utils qemu-system-common nbd-server python3-libnbd e2fsprogs xfsprogs iproute2 iptables util-linux tgt sg3-utils postgresql-15 prometheus
 deps:
 	@scripts/ensure-packages.sh $(APT_PKGS)
 

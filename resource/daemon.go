@@ -95,11 +95,13 @@ func (d *Daemon) Run(ctx context.Context) error {
 			d.Log.Warn(w.String())
 		}
 	}
-	if err := d.serveMetrics(ctx); err != nil {
-		return err
-	}
 	ln, err := listenControl(control.SocketPath(d.RunDir))
 	if err != nil {
+		return err
+	}
+	if err := d.serveMetrics(ctx); err != nil {
+		ln.Close()
+		os.Remove(control.SocketPath(d.RunDir))
 		return err
 	}
 	d.ctl = ln

@@ -166,25 +166,25 @@ func desc(name, help string, labels ...string) *prometheus.Desc {
 }
 
 var (
-	rl          = []string{"resource"}
-	pl          = []string{"resource", "peer"}
+	resLabel    = []string{"resource"}
+	peerLabels  = []string{"resource", "peer"}
 	descRole    = desc("blockrep_resource_role", "Role of this node: 1 for the current one (state set).", "resource", "role")
 	descDisk    = desc("blockrep_resource_disk_state", "Local disk state: 1 for the current one (state set).", "resource", "disk")
-	descQuorum  = desc("blockrep_resource_quorum", "1 if this node has quorum (always 1 with quorum off).", rl...)
-	descSusp    = desc("blockrep_resource_suspended", "1 while writes are frozen (fencing, quorum, or a fenced shared node).", rl...)
-	descClients = desc("blockrep_resource_export_clients", "NBD clients attached to the export.", rl...)
-	descSize    = desc("blockrep_resource_size_bytes", "Usable size of the volume.", rl...)
-	descRead    = desc("blockrep_resource_read_bytes_total", "Bytes read through the volume since the disk was attached.", rl...)
-	descWritten = desc("blockrep_resource_written_bytes_total", "Bytes written through the volume since the disk was attached.", rl...)
+	descQuorum  = desc("blockrep_resource_quorum", "1 if this node has quorum (always 1 with quorum off).", resLabel...)
+	descSusp    = desc("blockrep_resource_suspended", "1 while writes are frozen (fencing, quorum, or a fenced shared node).", resLabel...)
+	descClients = desc("blockrep_resource_export_clients", "NBD clients attached to the export.", resLabel...)
+	descSize    = desc("blockrep_resource_size_bytes", "Usable size of the volume.", resLabel...)
+	descRead    = desc("blockrep_resource_read_bytes_total", "Bytes read through the volume since the disk was attached.", resLabel...)
+	descWritten = desc("blockrep_resource_written_bytes_total", "Bytes written through the volume since the disk was attached.", resLabel...)
 	descService = desc("blockrep_service_state", "Promoter's service stack on this node: 1 for the current state (state set).", "resource", "state")
 	descConn    = desc("blockrep_peer_connection_state", "Connection to the peer: 1 for the current state (state set).", "resource", "peer", "state")
 	descRepl    = desc("blockrep_peer_replication_state", "Replication towards the peer: 1 for the current state (state set).", "resource", "peer", "state")
 	descPDisk   = desc("blockrep_peer_disk_state", "The peer's disk as this node knows it: 1 for the current one (state set).", "resource", "peer", "disk")
-	descOOS     = desc("blockrep_peer_out_of_sync_bytes", "Bytes this node knows the peer lacks (4 KiB granularity).", pl...)
-	descRate    = desc("blockrep_peer_resync_rate_bytes_per_second", "Current resync rate with the peer (0 when none runs).", pl...)
-	descSB      = desc("blockrep_peer_split_brain", "1 when the last handshake with the peer found split brain.", pl...)
-	descInfl    = desc("blockrep_peer_inflight_requests", "Requests sent to the peer and not acknowledged yet (the send window's fill).", pl...)
-	descMaxInfl = desc("blockrep_peer_inflight_requests_max", "Size of the send window (max-buffers): writers block when it is full.", pl...)
+	descOOS     = desc("blockrep_peer_out_of_sync_bytes", "Bytes this node knows the peer lacks (4 KiB granularity).", peerLabels...)
+	descRate    = desc("blockrep_peer_resync_rate_bytes_per_second", "Current resync rate with the peer (0 when none runs).", peerLabels...)
+	descSB      = desc("blockrep_peer_split_brain", "1 when the last handshake with the peer found split brain.", peerLabels...)
+	descInfl    = desc("blockrep_peer_inflight_requests", "Requests sent to the peer and not acknowledged yet (the send window's fill).", peerLabels...)
+	descMaxInfl = desc("blockrep_peer_inflight_requests_max", "Size of the send window (max-buffers): writers block when it is full.", peerLabels...)
 )
 
 // statusCollector reads the daemon's status at each scrape.

@@ -47,7 +47,7 @@ func newMetrics(d *Daemon) *metrics {
 		Help: "Bytes covered by NBD requests: the payload of reads and writes, the range of trims and zeroes."},
 		[]string{"resource", "kind"})
 	m.nbdDuration = prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "blockrep_nbd_request_duration_seconds",
-		Help:    "Time from reading an NBD request to queueing its reply, by kind.",
+		Help:    "Time from receiving an NBD request (with its payload) to answering it, by kind.",
 		Buckets: latencyBuckets}, []string{"resource", "kind"})
 	m.ackDuration = prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "blockrep_peer_ack_duration_seconds",
 		Help:    "Time from sending an application write to a peer until its write ack.",

@@ -27,7 +27,7 @@ const (
 	KindTrim
 	KindZero
 	KindFlush
-	NumKinds
+	NumKinds // how many kinds there are, to size arrays indexed by Kind
 )
 
 var kindNames = [NumKinds]string{"read", "write", "trim", "zero", "flush"}
@@ -38,8 +38,8 @@ func (k Kind) String() string { return kindNames[k] }
 func kindOf(op blockrep.Op) Kind { return Kind(op) + 1 }
 
 // Observer is told of each READ, WRITE, TRIM, WRITE_ZEROES and FLUSH the backend
-// answered: n bytes covered (0 for FLUSH), d from its arrival until its reply was
-// queued, failed when the reply is an error. Requests refused before reaching the
+// answered: n bytes covered (0 for FLUSH), d from its arrival (with a WRITE's payload)
+// until it was answered, failed when the reply is an error. Requests refused before reaching the
 // backend are not observed. It runs on the request path, from any goroutine: it must
 // be cheap and must not block.
 type Observer interface {

@@ -63,10 +63,11 @@ const (
 type pendEntry struct {
 	kind     pendKind
 	off, n   int64
-	req      *Request   // nil when nobody waits for the peer
-	waitRecv bool       // protocol B: RecvAck finishes the request's part
-	rbuf     []byte     // pendRead: where the data goes
-	rdone    chan error // pendRead: the reader waits here
+	req      *Request      // nil when nobody waits for the peer
+	waitRecv bool          // protocol B: RecvAck finishes the request's part
+	rbuf     []byte        // pendRead: where the data goes
+	rdone    chan error    // pendRead: the reader waits here
+	sent     time.Duration // pendData: engine clock at send, when AckLatency is set
 }
 
 // errGraceful is a connection closed on purpose by the peer.

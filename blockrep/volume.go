@@ -80,6 +80,9 @@ type PeerConfig struct {
 	// TLS, when set, is the client configuration of the link (TLS 1.3, mutual
 	// certificates; the peer's must name the peer's host, Name).
 	TLS *tls.Config
+	// AckLatency, when set, gets the time from sending each application write to this
+	// peer until its final ack (metrics). It runs in the receive loop: it must not block.
+	AckLatency func(time.Duration)
 }
 
 // ResyncConfig controls resync speed (DRBD's resync-rate and c-* options, in bytes).

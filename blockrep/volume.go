@@ -942,3 +942,63 @@ func (v *Volume) Reconfigure(pc PeerConfig) error {
 	go next[i].run()
 	return nil
 }
+
+// AddPeer adds a connection to a node that joined the resource's configuration while
+// the volume is up (blockrepadm adjust): it claims a free bitmap slot in the metadata
+// (create-md --max-peers reserves them), then the core and the peer list learn of the
+// node in one step, so no effect ever meets a peer the other does not know.
+func (v *Volume) AddPeer(pc PeerConfig, want bool) error {
+	if pc.NodeID == v.cfg.NodeID || slices.ContainsFunc(v.peersNow(), func(p *Peer) bool { return p.cfg.NodeID == pc.NodeID }) {
+		return fmt.Errorf("node-id %d is already a node of %s", pc.NodeID, v.cfg.Resource)
+	}
+	sb := v.meta.Superblock()
+	slot := sb.Slot(pc.NodeID)
+	if slot < 0 {
+		err := v.meta.Update(func(sb *Superblock) {
+			for i := 0; i < sb.MaxPeers; i++ {
+				if sb.Peers[i].NodeID < 0 {
+					sb.Peers[i] = PeerSlot{NodeID: pc.NodeID}
+					slot = i
+					return
+				}
+			}
+		})
+		if err != nil {
+			return err
+		}
+		if slot < 0 {
+			return fmt.Errorf("the metadata has no free peer slot for %s (re-create it with create-md --max-peers)", pc.Name)
+		}
+		// What a former user of the slot left there means nothing for this node.
+		v.meta.Bitmap(slot).ClearAll()
+	}
+	p := newPeer(v, pc, slot)
+	// Lock order: gate, ctl, mu. Writes wait while the peer list grows.
+	v.gate.Lock()
+	v.ctl.Lock()
+	next := append(slices.Clone(v.peersNow()), p)
+	v.peers.Store(&next)
+	v.mu.Lock()
+	old := v.core.State.Clone()
+	fx, err := v.core.Step(EvAddPeer{Config: CorePeerConfig{NodeID: pc.NodeID, Name: pc.Name, Protocol: pc.Protocol,
+		Fencing: pc.Fencing, Tiebreaker: pc.Tiebreaker}, Want: want})
+	now := v.core.State.Clone()
+	v.mu.Unlock()
+	if err != nil {
+		prev := next[:len(next)-1]
+		v.peers.Store(&prev)
+	}
+	v.gate.Unlock()
+	if err == nil {
+		v.execute(fx)
+	}
+	v.ctl.Unlock()
+	if err != nil {
+		return err
+	}
+	if v.cfg.OnChange != nil && !old.Equal(now) {
+		v.cfg.OnChange(old, now)
+	}
+	go p.run()
+	return nil
+}

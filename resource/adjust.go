@@ -35,7 +35,8 @@ func (d *Daemon) adjust(req control.Request, names []string) control.Response {
 // adjust applies what changed in the resource's .res file since it was brought up,
 // without taking it down (drbdadm adjust): a connection whose options or address
 // changed is made again with the new ones. What cannot change live (the local disk,
-// node ids, the set of nodes, protocol, fencing, quorum) is refused, naming it; with
+// node ids, removing a node, protocol, fencing, quorum) is refused, naming it; a node
+// added gets a connection (the metadata must have a free peer slot); with
 // dryRun nothing is applied. It returns the plan, one line per change.
 func (r *running) adjust(dryRun bool) (string, error) {
 	name := r.cfg.Name
@@ -76,11 +77,12 @@ func (r *running) adjust(dryRun bool) (string, error) {
 		}
 	}
 	var plan []string
-	var apply []blockrep.PeerConfig
+	var apply, add []blockrep.PeerConfig
 	for _, q := range nv.Peers {
 		i := slices.IndexFunc(old.Peers, func(p blockrep.PeerConfig) bool { return p.NodeID == q.NodeID })
 		if i < 0 {
-			refuse = append(refuse, "node "+q.Name+" added")
+			plan = append(plan, fmt.Sprintf("%s: node %s added (node-id %d, %s)", name, q.Name, q.NodeID, q.Address))
+			add = append(add, q)
 			continue
 		}
 		diff, fixed := peerDiff(old.Peers[i], q)
@@ -106,7 +108,15 @@ func (r *running) adjust(dryRun bool) (string, error) {
 		}
 		r.setPeerConfig(q)
 	}
-	r.log.Info("adjusted", "changes", len(apply))
+	for _, q := range add {
+		// Known to the listener first: the new node may dial us as soon as we dial it.
+		r.setPeerConfig(q)
+		if err := vol.AddPeer(q, r.wanted); err != nil {
+			r.removePeerConfig(q.NodeID)
+			return "", fmt.Errorf("%s: adding %s: %v", name, q.Name, err)
+		}
+	}
+	r.log.Info("adjusted", "changed", len(apply), "added", len(add))
 	return out, nil
 }
 
@@ -182,10 +192,16 @@ func (r *running) setPeerConfig(pc blockrep.PeerConfig) {
 	r.d.mu.Lock()
 	defer r.d.mu.Unlock()
 	peers := slices.Clone(r.vcfg.Peers)
-	for i := range peers {
-		if peers[i].NodeID == pc.NodeID {
-			peers[i] = pc
-		}
+	if i := slices.IndexFunc(peers, func(p blockrep.PeerConfig) bool { return p.NodeID == pc.NodeID }); i >= 0 {
+		peers[i] = pc
+	} else {
+		peers = append(peers, pc)
 	}
 	r.vcfg.Peers = peers
+}
+
+func (r *running) removePeerConfig(id int) {
+	r.d.mu.Lock()
+	defer r.d.mu.Unlock()
+	r.vcfg.Peers = slices.DeleteFunc(slices.Clone(r.vcfg.Peers), func(p blockrep.PeerConfig) bool { return p.NodeID == id })
 }

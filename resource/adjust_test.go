@@ -10,19 +10,31 @@ import (
 	"github.com/blockrep/blockrep/internal/clustertest"
 )
 
-// TestAdjust: adjust applies a changed ping-int and a moved peer address to a
-// resource that is up, reconnecting without the Primary stepping down; --dry-run only
-// prints the plan; what cannot change live (a node added) is refused, naming it.
+// TestAdjust: adjust applies a changed ping-int, a moved peer address and a node that
+// joined to a resource that is up, without the Primary stepping down; --dry-run only
+// prints the plan; what cannot change live (a node removed) is refused, naming it.
 func TestAdjust(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts daemons")
 	}
-	c := clustertest.New(t, clustertest.Options{Size: 64 << 20})
-	alpha, beta := c.Nodes[0], c.Nodes[1]
-	c.StartAll()
+	c := clustertest.New(t, clustertest.Options{Nodes: 3, Size: 64 << 20})
+	alpha, beta, gamma := c.Nodes[0], c.Nodes[1], c.Nodes[2]
+	resFile := filepath.Join(c.Conf, c.Res+".res")
+	full, err := os.ReadFile(resFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// gamma joins later: the resource starts as alpha and beta.
+	i := strings.Index(string(full), "    on gamma {")
+	j := i + strings.Index(string(full)[i:], "    }\n") + len("    }\n")
+	gammaSection := string(full)[i:j]
+	os.WriteFile(resFile, []byte(string(full)[:i]+string(full)[j:]), 0o644)
+	for _, n := range []*clustertest.Node{alpha, beta} {
+		c.Start(n)
+		c.MustAdm(n, "up", c.Res)
+	}
 	c.MustAdm(alpha, "primary", "--force", c.Res)
 	c.WaitFor("in sync", func() bool { return c.InSync(beta, alpha) })
-	resFile := filepath.Join(c.Conf, c.Res+".res")
 	edit := func(from, to string) {
 		t.Helper()
 		b, _ := os.ReadFile(resFile)
@@ -59,12 +71,30 @@ func TestAdjust(t *testing.T) {
 		t.Fatalf("second adjust: %q", out)
 	}
 
-	// A third node cannot be added live: refused, naming it, nothing changed.
+	// gamma joins: its section comes back, it comes up, and adjust on both data nodes
+	// connects them to it; it is synced in full while alpha stays Primary.
 	b, _ := os.ReadFile(resFile)
-	third := strings.Replace(string(b), "    on beta {", "    on gamma {\n        node-id 2;\n        address 127.0.0.1:"+strconv.Itoa(freePort(t))+";\n        disk /tmp/none.img;\n        meta-disk internal;\n    }\n    on beta {", 1)
-	os.WriteFile(resFile, []byte(third), 0o644)
+	os.WriteFile(resFile, []byte(strings.Replace(string(b), "    on beta {", gammaSection+"    on beta {", 1)), 0o644)
+	c.Start(gamma)
+	c.MustAdm(gamma, "up", c.Res)
+	if out := c.MustAdm(alpha, "adjust", "--dry-run", c.Res); !strings.Contains(out, "node gamma added (node-id 2") {
+		t.Fatalf("dry run with gamma added: %q", out)
+	}
+	c.MustAdm(alpha, "adjust", c.Res)
+	c.MustAdm(beta, "adjust", c.Res)
+	c.WaitFor("gamma in sync with alpha and beta", func() bool { return c.InSync(gamma, alpha) && c.InSync(gamma, beta) })
+	if s := c.Status(alpha); s.Role != "Primary" || len(s.Peers) != 2 {
+		t.Fatalf("alpha after gamma joined: %s, %d peers", s.Role, len(s.Peers))
+	}
+
+	// Removing a node is refused, naming it, and changes nothing.
+	b, _ = os.ReadFile(resFile)
+	os.WriteFile(resFile, []byte(strings.Replace(string(b), gammaSection, "", 1)), 0o644)
 	_, e, code := c.Adm(alpha, "adjust", c.Res)
-	if code == 0 || !strings.Contains(e, "node gamma added") {
-		t.Fatalf("adjust with a node added: exit %d, %q", code, e)
+	if code == 0 || !strings.Contains(e, "node gamma removed") {
+		t.Fatalf("adjust with a node removed: exit %d, %q", code, e)
+	}
+	if !c.InSync(alpha, gamma) {
+		t.Fatal("the refused adjust disturbed gamma's connection")
 	}
 }

@@ -364,6 +364,14 @@ func (l linkRules) obtain() *transport.Conn {
 			return nil
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), transport.HandshakeTimeout)
+		// Shutting down does not wait for a dial into a dead network.
+		go func() {
+			select {
+			case <-l.quit:
+				cancel()
+			case <-ctx.Done():
+			}
+		}()
 		c, err := transport.DialWith(ctx, l.dial, l.cfg.Address, l.cfg.LocalAddress, l.id)
 		cancel()
 		if l.dials {

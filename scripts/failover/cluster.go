@@ -271,11 +271,15 @@ func (c *cluster) servingNode() *node {
 	return found
 }
 
-// inSync reports whether n is UpToDate, Connected to every peer, with every data
+// inSync reports whether n is UpToDate (the tiebreaker: Diskless) with quorum, Connected to every peer, with every data
 // peer Established and UpToDate.
 func (c *cluster) inSync(n *node) bool {
 	s, err := c.status(n, time.Second)
-	if err != nil || s.Disk != "UpToDate" || !s.Quorum {
+	want := "UpToDate"
+	if n.Diskless {
+		want = "Diskless"
+	}
+	if err != nil || s.Disk != want || !s.Quorum {
 		return false
 	}
 	if len(s.Peers) != len(c.Nodes)-1 {

@@ -14,20 +14,23 @@ type commit struct {
 	At time.Time
 }
 
-// rto is the client's gap around a fault: the last commit that returned before the
-// fault and the first that returned after it. ok is false when there is no commit on
-// one side. commits must be in the order they returned.
-func rto(commits []commit, fault time.Time) (last, first commit, ok bool) {
-	i, _ := slices.BinarySearchFunc(commits, fault, func(c commit, t time.Time) int { return c.At.Compare(t) })
-	// i is the first commit at or after the fault; one returning exactly at the fault
-	// instant was not affected by it, so it counts as before.
-	for i < len(commits) && commits[i].At.Equal(fault) {
-		i++
+// outage is the client's longest gap around a fault: among consecutive commits (a, b)
+// with b returning after from (the fault began) and a before to (the harness saw
+// service again), the pair furthest apart. A commit that returned while the fault was
+// being put in place, or just after a switchover was asked for, was not yet affected
+// and does not hide the gap that follows. ok is false when there is no such pair.
+// commits must be in the order they returned.
+func outage(commits []commit, from, to time.Time) (last, first commit, ok bool) {
+	for i := 1; i < len(commits); i++ {
+		a, b := commits[i-1], commits[i]
+		if !b.At.After(from) || !a.At.Before(to) {
+			continue
+		}
+		if !ok || b.At.Sub(a.At) > first.At.Sub(last.At) {
+			last, first, ok = a, b, true
+		}
 	}
-	if i == 0 || i == len(commits) {
-		return commit{}, commit{}, false
-	}
-	return commits[i-1], commits[i], true
+	return last, first, ok
 }
 
 // missing is the ids the client saw committed that the database no longer has.

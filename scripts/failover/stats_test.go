@@ -11,23 +11,24 @@ var t0 = time.Date(2026, 12, 4, 12, 0, 0, 0, time.UTC)
 
 func at(ms int) time.Time { return t0.Add(time.Duration(ms) * time.Millisecond) }
 
-func TestRTO(t *testing.T) {
-	cs := []commit{{1, at(0)}, {2, at(10)}, {3, at(20)}, {5, at(2520)}, {6, at(2530)}}
-	last, first, ok := rto(cs, at(25))
-	if !ok || last.ID != 3 || first.ID != 5 || first.At.Sub(last.At) != 2500*time.Millisecond {
-		t.Fatalf("rto = %v %v %v", last, first, ok)
+func TestOutage(t *testing.T) {
+	cs := []commit{{1, at(0)}, {2, at(10)}, {3, at(20)}, {4, at(30)}, {5, at(2530)}, {6, at(2540)}, {7, at(2600)}}
+	// The fault began at 25 ms; commit 4 returned while it was being put in place.
+	last, first, ok := outage(cs, at(25), at(2545))
+	if !ok || last.ID != 4 || first.ID != 5 || first.At.Sub(last.At) != 2500*time.Millisecond {
+		t.Fatalf("outage = %v %v %v", last, first, ok)
 	}
-	// A commit returning at the fault instant is before it.
-	if last, first, _ := rto(cs, at(20)); last.ID != 3 || first.ID != 5 {
-		t.Fatalf("fault at a commit: %v %v", last, first)
+	// Only gaps overlapping the window count: before it, 1→2 is the longest.
+	if last, first, ok := outage(cs[:4], at(-100), at(5)); !ok || last.ID != 1 || first.ID != 2 {
+		t.Fatalf("early window: %v %v %v", last, first, ok)
 	}
-	if _, _, ok := rto(cs, at(3000)); ok {
-		t.Fatal("no commit after the fault, yet ok")
+	if _, _, ok := outage(cs, at(2600), at(3000)); ok {
+		t.Fatal("no commit after the window's start, yet ok")
 	}
-	if _, _, ok := rto(cs, at(-5)); ok {
-		t.Fatal("no commit before the fault, yet ok")
+	if _, _, ok := outage(cs, at(-100), at(-50)); ok {
+		t.Fatal("no commit before the window's end, yet ok")
 	}
-	if _, _, ok := rto(nil, at(0)); ok {
+	if _, _, ok := outage(nil, at(0), at(1)); ok {
 		t.Fatal("no commits, yet ok")
 	}
 }

@@ -80,6 +80,19 @@ type harness struct {
 	poll   *poller
 	logf   func(format string, args ...any)
 	missed map[int64]bool // rows found missing by earlier checks
+	// recovered is when the current trial saw the client commit again.
+	recovered time.Time
+}
+
+// waitRecovered is called once the service is back: it waits for a commit that
+// returned from now on and notes when it was seen (the end of the window in which
+// the trial's outage is looked for).
+func (h *harness) waitRecovered(d time.Duration) error {
+	err := h.cl.waitCommitAfter(time.Now(), d)
+	if err == nil {
+		h.recovered = time.Now()
+	}
+	return err
 }
 
 // steady waits until a data node serves, the other is in sync with it, the
@@ -115,6 +128,7 @@ func (h *harness) trial(kind string, n int) result {
 	}
 	from := time.Now()
 	var fault time.Time
+	h.recovered = time.Time{}
 	switch kind {
 	case "kill":
 		fault, err = h.kill(p)
@@ -130,7 +144,11 @@ func (h *harness) trial(kind string, n int) result {
 	if err != nil {
 		r.Err = err.Error()
 	}
-	if last, first, ok := rto(h.cl.snapshot(), fault); ok && !fault.IsZero() {
+	recovered := h.recovered
+	if recovered.IsZero() {
+		recovered = time.Now()
+	}
+	if last, first, ok := outage(h.cl.snapshot(), fault, recovered); ok && !fault.IsZero() {
 		r.RTO, r.HaveRTO = first.At.Sub(last.At), true
 		h.logf("  client: last commit before the fault id %d, first after id %d: gap %s", last.ID, first.ID, secs(r.RTO))
 	}
@@ -180,11 +198,15 @@ func (h *harness) checkRows() (int, error) {
 // the same instant; once another node serves, the node is restarted and rejoins.
 func (h *harness) kill(p *node) (time.Time, error) {
 	other := h.c.other(p)
+	pids := nsPids(p.NS())
 	fault := time.Now()
 	var wg sync.WaitGroup
 	wg.Add(1)
 	go func() { defer wg.Done(); setLink(p.NS(), false) }()
-	killNS(p.NS())
+	for _, pid := range pids {
+		syscall.Kill(pid, syscall.SIGKILL)
+	}
+	killNS(p.NS()) // anything started meanwhile
 	wg.Wait()
 	h.logf("  killed every process on %s and pulled its cable", p.Name)
 	p.reap(10 * time.Second)
@@ -194,7 +216,7 @@ func (h *harness) kill(p *node) (time.Time, error) {
 	err := waitFor(60*time.Second, other.Name+" serving", func() bool { return h.c.servingNode() == other })
 	if err == nil {
 		h.logf("  %s serves %s after the kill", other.Name, secs(time.Since(fault)))
-		err = h.cl.waitCommitAfter(fault, 30*time.Second)
+		err = h.waitRecovered(30 * time.Second)
 	}
 	if rerr := h.rejoin(p); err == nil {
 		err = rerr
@@ -252,7 +274,7 @@ func (h *harness) isolate(p *node) (time.Time, error) {
 	} else {
 		h.logf("  %s lost quorum and stepped down (seen %s after the cut)", p.Name, secs(time.Since(fault)))
 	}
-	if err := h.cl.waitCommitAfter(fault, 30*time.Second); err != nil {
+	if err := h.waitRecovered(30 * time.Second); err != nil {
 		errs = append(errs, err.Error())
 	}
 	healed := time.Now()
@@ -287,14 +309,17 @@ func (h *harness) pgkill(p *node) (time.Time, error) {
 		return time.Time{}, err
 	}
 	h.logf("  kill -9 of the postmaster (pid %d) on %s", pm, p.Name)
-	if err := h.cl.waitCommitAfter(fault, 60*time.Second); err != nil {
+	if err := waitFor(60*time.Second, "a new postmaster on "+p.Name, func() bool {
+		np := postmaster(p.NS())
+		return np != 0 && np != pm
+	}); err != nil {
 		return fault, err
 	}
-	if q := h.c.servingNode(); q != p {
-		return fault, fmt.Errorf("after the restart the serving node is %v, not %s", q, p.Name)
+	if err := waitFor(30*time.Second, p.Name+" serving again", func() bool { return h.c.servingNode() == p }); err != nil {
+		return fault, err
 	}
-	if np := postmaster(p.NS()); np == 0 || np == pm {
-		return fault, fmt.Errorf("no new postmaster on %s", p.Name)
+	if err := h.waitRecovered(30 * time.Second); err != nil {
+		return fault, err
 	}
 	if s, ok := firstActive(h.poll.since(fault), other.Name); ok {
 		return fault, fmt.Errorf("%s became active %s after the kill (a promotion, not a restart in place)", other.Name, secs(s.At.Sub(fault)))
@@ -314,7 +339,7 @@ func (h *harness) switchover(p *node) (time.Time, error) {
 	if err := waitFor(60*time.Second, other.Name+" serving", func() bool { return h.c.servingNode() == other }); err != nil {
 		return fault, err
 	}
-	return fault, h.cl.waitCommitAfter(fault, 30*time.Second)
+	return fault, h.waitRecovered(30 * time.Second)
 }
 
 // firstActive is the first sample in which the named node was active.

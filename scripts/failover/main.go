@@ -142,6 +142,9 @@ func runAll(kinds []string, trials int, work string, keep bool, md, bin string, 
 	}
 	if demo {
 		logf = func(format string, args ...any) { fmt.Printf(format+"\n", args...) }
+		fmt.Println("PostgreSQL on a blockrep volume: data nodes alpha and beta, diskless tiebreaker gamma, each")
+		fmt.Println("in its own network namespace; blockrepd's promoter starts PostgreSQL and the floating IP")
+		fmt.Printf("%s on whichever node is Primary. We kill the serving node and watch a client.\n\n", vip)
 	}
 
 	// What a crashed earlier run left: its namespaces (and with them its daemons and
@@ -225,7 +228,7 @@ func runAll(kinds []string, trials int, work string, keep bool, md, bin string, 
 	tb := table(summarize(results))
 	fmt.Printf("\n%s", tb)
 	if md != "" {
-		body := fmt.Sprintf("# make failover\n\n%s, %d trial(s) per kind; client %s; RTO is the client's gap between the last commit before the fault and the first after; rows lost are committed rows missing afterwards; \"two serving\" counts trials in which a poll (every 100 ms) saw two data nodes Primary or serving.\n\n%s",
+		body := fmt.Sprintf("# make failover\n\n%s, %d trial(s) per kind; client %s. RTO: the client's gap between the last commit before the fault and the first after. Rows lost: rows the client saw committed that are missing afterwards. Two serving: trials in which a poll (every 100 ms) saw both data nodes Primary or serving; two with quorum: trials in which both of them also had quorum (only a node with quorum can take a write).\n\n%s",
 			start.UTC().Format("2006-01-02 15:04 MST"), trials, rate, tb)
 		var failures []string
 		for _, r := range results {

@@ -49,10 +49,12 @@ func missing(committed []int64, present []int64) []int64 {
 }
 
 // sample is one poll of every node: which were active (role Primary or service
-// running; a node that did not answer is not active).
+// running; a node that did not answer is not active), and which of those had quorum
+// (only those could take writes: without quorum a Primary fails every write).
 type sample struct {
-	At     time.Time
-	Active []string
+	At      time.Time
+	Active  []string
+	Quorate []string
 }
 
 // overlap is the span during which polls saw two or more nodes active.
@@ -60,6 +62,8 @@ type overlap struct {
 	From, To time.Time
 	Nodes    []string
 	Polls    int
+	// BothQuorate counts the polls in which two of the active nodes had quorum.
+	BothQuorate int
 }
 
 // overlaps finds the runs of consecutive polls that saw more than one active node.
@@ -77,6 +81,9 @@ func overlaps(samples []sample) []overlap {
 		}
 		cur.To = s.At
 		cur.Polls++
+		if len(s.Quorate) > 1 {
+			cur.BothQuorate++
+		}
 		for _, n := range s.Active {
 			if !slices.Contains(cur.Nodes, n) {
 				cur.Nodes = append(cur.Nodes, n)
@@ -120,8 +127,9 @@ type result struct {
 	RTO     time.Duration
 	HaveRTO bool
 	Lost    int
-	// TwoServing counts the polls that saw two nodes active.
-	TwoServing int
+	// TwoServing counts the polls that saw two nodes active; TwoQuorate those of
+	// them in which both had quorum.
+	TwoServing, TwoQuorate int
 	// Err is why the trial failed, "" when it ran to the end.
 	Err string
 }
@@ -132,6 +140,7 @@ type row struct {
 	Trials, Failed      int
 	Median, P99, Max    time.Duration
 	Lost, TwoServing    int
+	TwoQuorate          int
 	NoRecovery, Checked int
 }
 
@@ -161,6 +170,9 @@ func summarize(results []result) []row {
 		if r.TwoServing > 0 {
 			w.TwoServing++
 		}
+		if r.TwoQuorate > 0 {
+			w.TwoQuorate++
+		}
 	}
 	for i := range rows {
 		ds := rtos[rows[i].Kind]
@@ -179,14 +191,14 @@ func secs(d time.Duration) string { return fmt.Sprintf("%.2f s", d.Seconds()) }
 // table renders rows as a markdown table (also readable as text).
 func table(rows []row) string {
 	var b strings.Builder
-	b.WriteString("| kind | trials | failed | RTO median | RTO p99 | RTO max | rows lost | trials with two serving |\n")
-	b.WriteString("|---|---:|---:|---:|---:|---:|---:|---:|\n")
+	b.WriteString("| kind | trials | failed | RTO median | RTO p99 | RTO max | rows lost | two serving | two with quorum |\n")
+	b.WriteString("|---|---:|---:|---:|---:|---:|---:|---:|---:|\n")
 	for _, r := range rows {
 		med, p99, mx := "–", "–", "–"
 		if r.Checked > 0 {
 			med, p99, mx = secs(r.Median), secs(r.P99), secs(r.Max)
 		}
-		fmt.Fprintf(&b, "| %s | %d | %d | %s | %s | %s | %d | %d |\n", r.Kind, r.Trials, r.Failed, med, p99, mx, r.Lost, r.TwoServing)
+		fmt.Fprintf(&b, "| %s | %d | %d | %s | %s | %s | %d | %d | %d |\n", r.Kind, r.Trials, r.Failed, med, p99, mx, r.Lost, r.TwoServing, r.TwoQuorate)
 	}
 	return b.String()
 }

@@ -46,24 +46,24 @@ func TestMissing(t *testing.T) {
 
 func TestOverlaps(t *testing.T) {
 	ss := []sample{
-		{at(0), []string{"alpha"}},
-		{at(100), []string{"alpha", "beta"}},
-		{at(200), []string{"beta", "alpha"}},
-		{at(300), []string{"beta"}},
-		{at(400), nil},
-		{at(500), []string{"beta", "alpha"}},
+		{at(0), []string{"alpha"}, nil},
+		{at(100), []string{"alpha", "beta"}, []string{"beta"}},
+		{at(200), []string{"beta", "alpha"}, []string{"beta", "alpha"}},
+		{at(300), []string{"beta"}, nil},
+		{at(400), nil, nil},
+		{at(500), []string{"beta", "alpha"}, nil},
 	}
 	got := overlaps(ss)
 	if len(got) != 2 {
 		t.Fatalf("overlaps = %+v", got)
 	}
-	if got[0].From != at(100) || got[0].To != at(200) || got[0].Polls != 2 || !slices.Equal(got[0].Nodes, []string{"alpha", "beta"}) {
+	if got[0].From != at(100) || got[0].To != at(200) || got[0].Polls != 2 || got[0].BothQuorate != 1 || !slices.Equal(got[0].Nodes, []string{"alpha", "beta"}) {
 		t.Fatalf("first overlap = %+v", got[0])
 	}
 	if got[1].Polls != 1 || got[1].From != at(500) {
 		t.Fatalf("second overlap = %+v", got[1])
 	}
-	if o := overlaps([]sample{{at(0), []string{"alpha"}}, {at(1), nil}}); len(o) != 0 {
+	if o := overlaps([]sample{{at(0), []string{"alpha"}, nil}, {at(1), nil, nil}}); len(o) != 0 {
 		t.Fatalf("one active node is no overlap: %+v", o)
 	}
 }
@@ -100,6 +100,7 @@ func TestSummarize(t *testing.T) {
 		{Kind: "kill", RTO: 2 * time.Second, HaveRTO: true},
 		{Kind: "pgkill", RTO: time.Second, HaveRTO: true},
 		{Kind: "kill", RTO: 4 * time.Second, HaveRTO: true, Lost: 1, TwoServing: 3},
+		{Kind: "pgkill", TwoServing: 2, TwoQuorate: 1, Err: "x"},
 		{Kind: "kill", Err: "no commit after the fault"},
 	}
 	rows := summarize(rs)
@@ -112,7 +113,8 @@ func TestSummarize(t *testing.T) {
 		t.Fatalf("kill row = %+v", k)
 	}
 	tb := table(rows)
-	if !strings.Contains(tb, "| kill | 3 | 1 | 3.00 s | 4.00 s | 4.00 s | 1 | 1 |") {
+	if !strings.Contains(tb, "| kill | 3 | 1 | 3.00 s | 4.00 s | 4.00 s | 1 | 1 | 0 |") ||
+		!strings.Contains(tb, "| pgkill | 2 | 1 | 1.00 s | 1.00 s | 1.00 s | 0 | 1 | 1 |") {
 		t.Fatalf("table:\n%s", tb)
 	}
 }

@@ -42,6 +42,9 @@ func startPoller(c *cluster) *poller {
 					if err == nil && active(st) {
 						mu.Lock()
 						s.Active = append(s.Active, n.Name)
+						if st.Quorum {
+							s.Quorate = append(s.Quorate, n.Name)
+						}
 						mu.Unlock()
 					}
 				}()
@@ -154,8 +157,9 @@ func (h *harness) trial(kind string, n int) result {
 	}
 	for _, o := range overlaps(h.poll.since(from)) {
 		r.TwoServing += o.Polls
-		h.logf("  TWO SERVING: %s active together from +%s to +%s (%d polls)", strings.Join(o.Nodes, ", "),
-			secs(o.From.Sub(fault)), secs(o.To.Sub(fault)), o.Polls)
+		r.TwoQuorate += o.BothQuorate
+		h.logf("  TWO SERVING: %s active together from +%s to +%s (%d polls, %d with both in quorum)", strings.Join(o.Nodes, ", "),
+			secs(o.From.Sub(fault)), secs(o.To.Sub(fault)), o.Polls, o.BothQuorate)
 	}
 	lost, err := h.checkRows()
 	r.Lost = lost

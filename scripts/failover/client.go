@@ -40,6 +40,10 @@ type clientFlags struct {
 	rate     int
 	connTO   time.Duration
 	queryTO  time.Duration
+	// alter is NAME=VALUE for ALTER SYSTEM on the first connection ("" for none):
+	// a way to measure a PostgreSQL setting's effect on recovery without changing
+	// what pg-init writes.
+	alter string
 }
 
 func connString(password string) string {
@@ -127,6 +131,18 @@ func clientMain(f clientFlags) error {
 			ctx, cancel = context.WithTimeout(context.Background(), 5*time.Second)
 			_, err = c.Exec(ctx, "CREATE TABLE IF NOT EXISTS items (id bigint PRIMARY KEY, at timestamptz NOT NULL DEFAULT now())")
 			cancel()
+			if err == nil && f.alter != "" {
+				name, value, _ := strings.Cut(f.alter, "=")
+				ctx, cancel = context.WithTimeout(context.Background(), 5*time.Second)
+				_, err = c.Exec(ctx, fmt.Sprintf("ALTER SYSTEM SET %s = %s", pgx.Identifier{name}.Sanitize(), quoteLiteral(value)))
+				if err == nil {
+					_, err = c.Exec(ctx, "SELECT pg_reload_conf()")
+				}
+				cancel()
+				if err == nil {
+					f.alter = ""
+				}
+			}
 			if err != nil {
 				report(err)
 				c.Close(context.Background())
@@ -198,7 +214,8 @@ type clientProc struct {
 // startClient re-executes this program in the client namespace.
 func startClient(self string, f clientFlags, logPath string) (*clientProc, error) {
 	args := []string{"netns", "exec", clientNS, self, "-client",
-		"-rate", fmt.Sprint(f.rate), "-connect-timeout", f.connTO.String(), "-query-timeout", f.queryTO.String()}
+		"-rate", fmt.Sprint(f.rate), "-connect-timeout", f.connTO.String(), "-query-timeout", f.queryTO.String(),
+		"-alter-system", f.alter}
 	cmd := exec.Command("ip", args...)
 	// The password travels in the environment, not on a command line others can read.
 	cmd.Env = append(os.Environ(), "FAILOVER_PGPASSWORD="+f.password)
@@ -323,6 +340,10 @@ func clientFlagSet(fs *flag.FlagSet, f *clientFlags) {
 	fs.IntVar(&f.rate, "rate", 100, "client: commits per second (0: as fast as it can)")
 	fs.DurationVar(&f.connTO, "connect-timeout", 300*time.Millisecond, "client: connect timeout")
 	fs.DurationVar(&f.queryTO, "query-timeout", time.Second, "client: timeout of one INSERT (its outcome is then unknown)")
+	fs.StringVar(&f.alter, "alter-system", "", "NAME=VALUE: ALTER SYSTEM SET once at the start (an experiment; e.g. recovery_init_sync_method=syncfs)")
 }
 
 func clientPassword() string { return strings.TrimSpace(os.Getenv("FAILOVER_PGPASSWORD")) }
+
+// quoteLiteral is a SQL string literal.
+func quoteLiteral(s string) string { return "'" + strings.ReplaceAll(s, "'", "''") + "'" }

@@ -275,8 +275,8 @@ func (h *harness) isolate(p *node) (time.Time, error) {
 	})
 	if err != nil {
 		errs = append(errs, err.Error())
-	} else {
-		h.logf("  %s lost quorum and stepped down (seen %s after the cut)", p.Name, secs(time.Since(fault)))
+	} else if s, ok := firstInactive(h.poll.since(fault), p.Name); ok {
+		h.logf("  %s lost quorum and stepped down %s after the cut", p.Name, secs(s.At.Sub(fault)))
 	}
 	if err := h.waitRecovered(30 * time.Second); err != nil {
 		errs = append(errs, err.Error())
@@ -350,6 +350,16 @@ func (h *harness) switchover(p *node) (time.Time, error) {
 func firstActive(samples []sample, name string) (sample, bool) {
 	for _, s := range samples {
 		if slices.Contains(s.Active, name) {
+			return s, true
+		}
+	}
+	return sample{}, false
+}
+
+// firstInactive is the first sample in which the named node was not active.
+func firstInactive(samples []sample, name string) (sample, bool) {
+	for _, s := range samples {
+		if !slices.Contains(s.Active, name) {
 			return s, true
 		}
 	}

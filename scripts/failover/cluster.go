@@ -50,6 +50,9 @@ type cluster struct {
 	Bin    string
 	Nodes  []*node // alpha, beta (data), gamma (tiebreaker)
 	PWFile string
+
+	devMu   sync.Mutex
+	devices map[string]bool // loop devices recorded in deviceLog
 }
 
 func newCluster(work, bin string) *cluster {
@@ -248,6 +251,29 @@ func (c *cluster) status(n *node, timeout time.Duration) (control.ResourceStatus
 	return resp.Status.Resources[0], nil
 }
 
+// noteLoops records the loop devices now attached to a file in the work dir.
+func (c *cluster) noteLoops() {
+	files, _ := filepath.Glob("/sys/block/loop*/loop/backing_file")
+	for _, f := range files {
+		if b, err := os.ReadFile(f); err == nil && under(strings.TrimSpace(string(b)), c.Work) {
+			c.noteDevice("/dev/" + filepath.Base(filepath.Dir(filepath.Dir(f))))
+		}
+	}
+}
+
+// noteDevice records a loop device a daemon uses, once (see deviceLog).
+func (c *cluster) noteDevice(dev string) {
+	c.devMu.Lock()
+	defer c.devMu.Unlock()
+	if c.devices == nil {
+		c.devices = map[string]bool{}
+	}
+	if !c.devices[dev] {
+		c.devices[dev] = true
+		noteDevice(c.Work, dev)
+	}
+}
+
 // serving reports whether a status shows the service running.
 func serving(s control.ResourceStatus) bool {
 	return s.Service != nil && s.Service.State == "running"
@@ -353,7 +379,7 @@ func teardown(c *cluster, work string) {
 	}
 	if work != "" {
 		unmountUnder(work)
-		detachLoops(work)
+		detachLoops(work, false)
 	}
 	for _, ns := range namespaces {
 		if err := deleteNamespace(ns); err != nil {
@@ -362,6 +388,6 @@ func teardown(c *cluster, work string) {
 	}
 	if work != "" {
 		// A loop device whose FUSE file vanished only now can be detached.
-		detachLoops(work)
+		detachLoops(work, false)
 	}
 }

@@ -150,6 +150,9 @@ func runAll(kinds []string, trials int, work string, keep bool, md, bin string, 
 	// What a crashed earlier run left: its namespaces (and with them its daemons and
 	// their mounts), loop devices and files.
 	teardown(nil, work)
+	// Killed just now or by the crash: their loop devices stay attached.
+	time.Sleep(200 * time.Millisecond)
+	detachLoops(work, false)
 	if err := os.RemoveAll(work); err != nil {
 		return fmt.Errorf("removing the previous work dir: %v", err)
 	}

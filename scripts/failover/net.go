@@ -225,18 +225,43 @@ func unescapeMount(s string) string {
 	return b.String()
 }
 
-// detachLoops detaches the loop devices whose backing file is below dir (the
-// promoter's nbdfuse files; a killed daemon leaves its loop device behind).
-func detachLoops(dir string) {
-	out, err := exec.Command("losetup", "--list", "--noheadings", "--output", "NAME,BACK-FILE").Output()
+// deviceLog is the file in the work dir naming every loop device seen on a file of
+// the work dir (the poller looks every 100 ms): a daemon killed while serving leaves its loop
+// device attached, and once its mount namespace is gone the device's backing file
+// reads "/nbd" rather than a path in the work dir, so only this record finds it again,
+// even for a run that crashed.
+func deviceLog(work string) string { return filepath.Join(work, "loop-devices") }
+
+// noteDevice adds a loop device to the record.
+func noteDevice(work, dev string) {
+	f, err := os.OpenFile(deviceLog(work), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
 		return
 	}
-	for _, line := range strings.Split(string(out), "\n") {
-		name, back, ok := strings.Cut(strings.TrimSpace(line), " ")
-		back = strings.TrimSuffix(strings.TrimSpace(back), " (deleted)")
-		if ok && under(back, dir) {
-			exec.Command("losetup", "-d", name).Run()
+	fmt.Fprintln(f, dev)
+	f.Close()
+}
+
+// detachLoops detaches the recorded loop devices whose FUSE mount is gone ("/nbd")
+// and, unless onlyDead, those still on an nbdfuse file of the work dir (at teardown,
+// once no daemon uses them).
+func detachLoops(work string, onlyDead bool) {
+	b, err := os.ReadFile(deviceLog(work))
+	if err != nil {
+		return
+	}
+	done := map[string]bool{}
+	for _, dev := range strings.Fields(string(b)) {
+		if done[dev] || !strings.HasPrefix(dev, "/dev/loop") {
+			continue
+		}
+		done[dev] = true
+		back, err := os.ReadFile("/sys/block/" + filepath.Base(dev) + "/loop/backing_file")
+		if err != nil {
+			continue // not attached
+		}
+		if p := strings.TrimSpace(string(back)); p == "/nbd" || (!onlyDead && under(p, work)) {
+			exec.Command("losetup", "-d", dev).Run()
 		}
 	}
 }

@@ -49,6 +49,7 @@ func startPoller(c *cluster) *poller {
 					}
 				}()
 			}
+			c.noteLoops()
 			wg.Wait()
 			p.mu.Lock()
 			p.all = append(p.all, s)
@@ -214,9 +215,10 @@ func (h *harness) kill(p *node) (time.Time, error) {
 	wg.Wait()
 	h.logf("  killed every process on %s and pulled its cable", p.Name)
 	p.reap(10 * time.Second)
-	// Its mount namespace died with it; the loop device on its FUSE file stays.
+	// Its mount namespace died with it; the loop device on its FUSE file stays
+	// (teardown detaches it if it is not gone yet).
 	time.Sleep(200 * time.Millisecond)
-	detachLoops(p.Dir)
+	detachLoops(h.c.Work, true)
 	err := waitFor(60*time.Second, other.Name+" serving", func() bool { return h.c.servingNode() == other })
 	if err == nil {
 		h.logf("  %s serves %s after the kill", other.Name, secs(time.Since(fault)))

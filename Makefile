@@ -9,8 +9,10 @@ all: build
 build:
 	$(GO) build -o $(BIN)/ ./cmd/...
 
-# Debian packages the tests drive (real NBD clients, fio, qemu tools, filesystems, PostgreSQL).
-APT_PKGS := libnbd-bin nbdfuse nbdkit fio qemu-utils qemu-system-common nbd-server python3-libnbd e2fsprogs xfsprogs iproute2 iptables util-linux tgt sg3-utils postgresql-15 resource-agents libxml2-utils pacemaker-cli-utils
+# Debian packages the tests drive (real NBD clients, fio, qemu tools, filesystems, PostgreSQL,
+# Prometheus and promtool for the metrics test, resource-agents and Pacemaker's CLI for the
+# OCF agent's tests).
+APT_PKGS := libnbd-bin nbdfuse nbdkit fio qemu-utils qemu-system-common nbd-server python3-libnbd e2fsprogs xfsprogs iproute2 iptables util-linux tgt sg3-utils postgresql-15 prometheus resource-agents libxml2-utils pacemaker-cli-utils
 deps:
 	@scripts/ensure-packages.sh $(APT_PKGS)
 

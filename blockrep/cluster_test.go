@@ -180,7 +180,7 @@ func (nd *testNode) crash() {
 	nd.wg.Wait()
 	v.closed.Store(true)
 	v.writable.Store(false)
-	for _, p := range v.peers {
+	for _, p := range v.peersNow() {
 		select {
 		case <-p.quit:
 		default:
@@ -306,7 +306,7 @@ func TestFreshResourceNeedsForcedPrimaryThenFullSync(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitSynced(t, a, b)
-	if got := b.v.peers[0].rs.bytes.Load(); got < a.v.Size() {
+	if got := b.v.peersNow()[0].rs.bytes.Load(); got < a.v.Size() {
 		t.Errorf("full sync moved %d bytes to the target, want %d", got, a.v.Size())
 	}
 	data := randBytes(1 << 20)
@@ -454,9 +454,9 @@ func TestConcurrentOverlappingWritesLandIdenticallyOnReplicas(t *testing.T) {
 				t.Fatal(err)
 			}
 			waitFor(t, "peer caught up", func() bool {
-				a.v.peers[0].pendMu.Lock()
-				defer a.v.peers[0].pendMu.Unlock()
-				return len(a.v.peers[0].pending) == 0
+				a.v.peersNow()[0].pendMu.Lock()
+				defer a.v.peersNow()[0].pendMu.Unlock()
+				return len(a.v.peersNow()[0].pending) == 0
 			})
 			if dataSum(t, a) != dataSum(t, b) {
 				t.Fatal("replicas differ after concurrent overlapping writes")
@@ -664,7 +664,7 @@ func TestLocalWriteErrorDetachesTheDiskAndServesThroughThePeer(t *testing.T) {
 			t.Fatalf("read at %d through the peer returned other data", c.off)
 		}
 	}
-	if got := b.v.peers[0].bm.Count() * BlockSize; got < 1<<20 {
+	if got := b.v.peersNow()[0].bm.Count() * BlockSize; got < 1<<20 {
 		t.Fatalf("the peer recorded %d bytes the diskless Primary misses, want at least the 1 MiB written after detach", got)
 	}
 	if err := submit(t, a.v, OpFlush, 0, nil, 0, 0); err != nil {
@@ -886,7 +886,7 @@ func TestSurvivorsOfAPrimaryCrashConverge(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitFor(t, "the survivors in sync", func() bool {
-		return connected(b, c) && c.v.State().Disk == UpToDate && b.v.peers[1].bm.Count() == 0
+		return connected(b, c) && c.v.State().Disk == UpToDate && b.v.peersNow()[1].bm.Count() == 0
 	})
 	if dataSum(t, b) != dataSum(t, c) {
 		t.Fatal("the survivors of the Primary's crash differ")

@@ -47,6 +47,36 @@ func (e EvConnect) apply(c *Core) error {
 	return nil
 }
 
+// EvAddPeer: a node joins the resource's configuration while it is up (adjust).
+// Nothing is known of its data: no bitmap generation, so the handshake decides (a new
+// node's just-created data is synced in full). Want: connect to it at once.
+type EvAddPeer struct {
+	Config CorePeerConfig
+	Want   bool
+}
+
+func (e EvAddPeer) apply(c *Core) error {
+	pc := e.Config
+	if pc.NodeID == c.NodeID || c.peer(pc.NodeID) >= 0 {
+		return fmt.Errorf("node-id %d is already a node of the resource", pc.NodeID)
+	}
+	c.Peers = append(c.Peers, CorePeer{NodeID: pc.NodeID, Name: pc.Name, Protocol: pc.Protocol, Fencing: pc.Fencing,
+		Tiebreaker: pc.Tiebreaker, Want: e.Want})
+	c.Meta.Slots = append(c.Meta.Slots, SlotState{})
+	conn := StandAlone
+	if e.Want {
+		conn = Connecting
+	}
+	c.mustChange(func(s *State) {
+		s.Peers = append(s.Peers, PeerState{NodeID: pc.NodeID, Name: pc.Name, Conn: conn, Disk: DUnknown})
+	})
+	c.persist()
+	if e.Want {
+		c.emit(Wake{Peer: pc.NodeID})
+	}
+	return nil
+}
+
 // EvDisconnect: the operator closes the connection to Peer (-1: every peer) on purpose.
 // What that means for data is recorded first: a Secondary that leaves its Primary is
 // Outdated, and a Primary knows the Secondary it leaves is.

@@ -190,6 +190,8 @@ func parseEvent(t *testing.T, c *Core, d *datadriven.TestData) Event {
 		return EvConnect{Peer: peer, DiscardMyData: d.HasArg("discard-my-data")}
 	case "disconnect":
 		return EvDisconnect{Peer: peer}
+	case "add-peer":
+		return EvAddPeer{Config: CorePeerConfig{NodeID: peer, Name: nodeName(peer), Tiebreaker: d.HasArg("tiebreaker")}, Want: d.HasArg("want")}
 	case "promote":
 		return EvPromote{Force: d.HasArg("force")}
 	case "promote-abort":
@@ -453,7 +455,7 @@ func TestTranscriptsCoverEveryEvent(t *testing.T) {
 		"session-up": "EvSessionUp", "link-down": "EvLinkDown", "session-ended": "EvSessionEnded",
 		"peer-state": "EvPeerState", "peer-new-uuid": "EvPeerNewUUID", "promote-request": "EvPromoteRequest",
 		"sync-request": "EvSyncRequest", "sync-reply": "EvSyncReply", "resync-done": "EvResyncDone",
-		"resync-finished": "EvResyncFinished",
+		"resync-finished": "EvResyncFinished", "add-peer": "EvAddPeer",
 	}
 	seen := map[string]bool{}
 	files, _ := filepath.Glob("testdata/core/*.txt")

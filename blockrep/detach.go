@@ -38,7 +38,7 @@ var errNoReadSource = errors.New("no connected peer with UpToDate data to read f
 
 // remoteRead reads from a peer that has our data (the disk is detached).
 func (v *Volume) remoteRead(buf []byte, off int64) error {
-	for _, p := range v.peers {
+	for _, p := range v.peersNow() {
 		if !p.readable() {
 			continue
 		}

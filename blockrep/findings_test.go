@@ -46,7 +46,7 @@ func TestHandlerTimeout(t *testing.T) {
 		cfg.HandlerTimeout = 300 * time.Millisecond
 	})
 	start := time.Now()
-	code, err := n[0].v.peers[0].runHandler("fence-peer")
+	code, err := n[0].v.peersNow()[0].runHandler("fence-peer")
 	if err == nil || code != -1 {
 		t.Fatalf("a handler that outlived its timeout: exit %d, err %v; want a failure", code, err)
 	}
@@ -125,7 +125,7 @@ func TestDeliberateDisconnectIsNotFenced(t *testing.T) {
 	if err := submit(t, a.v, OpWrite, 0, randBytes(4096), 0, 0); err != nil {
 		t.Fatalf("write after the disconnect: %v", err)
 	}
-	if sb := a.v.meta.Superblock(); sb.Peers[a.v.peers[0].slot].Flags&PeerOutdated == 0 {
+	if sb := a.v.meta.Superblock(); sb.Peers[a.v.peersNow()[0].slot].Flags&PeerOutdated == 0 {
 		t.Fatal("the Primary did not record the disconnected Secondary as Outdated")
 	}
 }

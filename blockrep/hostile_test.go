@@ -122,9 +122,9 @@ func TestMalformedPeerMessageClosesTheLinkAndTouchesNoData(t *testing.T) {
 			}
 			write(t, a.v, 0, randBytes(64<<10))
 			waitFor(t, "peer caught up", func() bool {
-				a.v.peers[0].pendMu.Lock()
-				defer a.v.peers[0].pendMu.Unlock()
-				return len(a.v.peers[0].pending) == 0
+				a.v.peersNow()[0].pendMu.Lock()
+				defer a.v.peersNow()[0].pendMu.Unlock()
+				return len(a.v.peersNow()[0].pending) == 0
 			})
 			before := dataSum(t, b)
 			mark := len(log.String())

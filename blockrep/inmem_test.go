@@ -1,12 +1,14 @@
 package blockrep
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -169,12 +171,12 @@ func TestKeepaliveOnTheEngineClock(t *testing.T) {
 	if err := <-errc; err != nil {
 		t.Fatalf("the write across the partition failed: %v", err)
 	}
-	if n := m.vols[0].peers[0].bm.Count(); n == 0 {
+	if n := m.vols[0].peersNow()[0].bm.Count(); n == 0 {
 		t.Fatal("the write the peer missed is not in its bitmap")
 	}
 	m.net.Heal("alpha", "beta")
 	m.advanceUntil("resynced after healing", func() bool { return m.inSync(0, 1) && m.inSync(1, 0) })
-	if n := m.vols[0].peers[0].bm.Count(); n != 0 {
+	if n := m.vols[0].peersNow()[0].bm.Count(); n != 0 {
 		t.Fatalf("%d blocks still out of sync", n)
 	}
 }
@@ -209,5 +211,43 @@ func TestIsolatedPrimaryLosesQuorum(t *testing.T) {
 	m.advanceUntil("quorum back", func() bool { return !m.vols[0].State().NoQuorum && !m.vols[0].noQuorum.Load() })
 	if err := submit(t, m.vols[0], OpWrite, 0, randBytes(4096), 0, 0); err != nil {
 		t.Fatalf("write with quorum back: %v", err)
+	}
+}
+
+// TestReconfigurePeer: adjust's engine side. The peer's link is made again with the
+// new settings while the Primary writes on; the writes reach the peer (through the
+// bitmap for those made while the link was down), and a change the core keeps
+// (protocol) is refused.
+func TestReconfigurePeer(t *testing.T) {
+	m := newMemCluster(t, 2, 16<<20, ProtocolC)
+	m.advanceUntil("connected", func() bool { return m.conn(0, 1) == Connected })
+	a, b := m.vols[0], m.vols[1]
+	if err := a.Promote(true); err != nil {
+		t.Fatal(err)
+	}
+	m.advanceUntil("initial sync", func() bool { return m.inSync(0, 1) })
+	pc := m.cfgs[0].Peers[0]
+	pc.PingInt, pc.Timeout = 3*time.Second, 4*time.Second
+	if err := a.Reconfigure(pc); err != nil {
+		t.Fatal(err)
+	}
+	data := randBytes(256 << 10)
+	if err := submit(t, a, OpWrite, 1<<20, data, 0, 0); err != nil {
+		t.Fatal(err)
+	}
+	m.advanceUntil("reconnected and in sync", func() bool { return m.inSync(0, 1) && m.inSync(1, 0) })
+	if got := a.peersNow()[0].cfg.PingInt; got != 3*time.Second {
+		t.Fatalf("ping-int after Reconfigure: %v", got)
+	}
+	got := make([]byte, len(data))
+	if err := b.data.ReadAt(got, 1<<20); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, data) {
+		t.Fatal("the peer lacks the write made across the reconfiguration")
+	}
+	pc.Protocol = ProtocolA
+	if err := a.Reconfigure(pc); err == nil || !strings.Contains(err.Error(), "needs down and up") {
+		t.Fatalf("protocol change through Reconfigure: %v", err)
 	}
 }

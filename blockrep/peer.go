@@ -63,10 +63,11 @@ const (
 type pendEntry struct {
 	kind     pendKind
 	off, n   int64
-	req      *Request   // nil when nobody waits for the peer
-	waitRecv bool       // protocol B: RecvAck finishes the request's part
-	rbuf     []byte     // pendRead: where the data goes
-	rdone    chan error // pendRead: the reader waits here
+	req      *Request      // nil when nobody waits for the peer
+	waitRecv bool          // protocol B: RecvAck finishes the request's part
+	rbuf     []byte        // pendRead: where the data goes
+	rdone    chan error    // pendRead: the reader waits here
+	sent     time.Duration // pendData: engine clock at send, when AckLatency is set
 }
 
 // errGraceful is a connection closed on purpose by the peer.
@@ -111,8 +112,7 @@ func newPeer(v *Volume, cfg PeerConfig, slot int) *Peer {
 	p.maxPending = cfg.MaxBuffers
 	p.pendCond.L = &p.pendMu
 	p.rs.cond.L = &p.rs.mu
-	go p.run()
-	return p
+	return p // the caller starts p.run once the peer is in the volume's list
 }
 
 // NodeID returns the peer's node id.
@@ -216,7 +216,7 @@ func (v *Volume) Disconnect(nodeID int) error {
 		return err
 	}
 	deadline := v.clock.Now() + 10*time.Second
-	for _, p := range v.peers {
+	for _, p := range v.peersNow() {
 		if nodeID >= 0 && p.cfg.NodeID != nodeID {
 			continue
 		}
@@ -234,7 +234,7 @@ func (v *Volume) Incoming(c *transport.Conn) {
 		c.Close()
 		return
 	}
-	for _, p := range v.peers {
+	for _, p := range v.peersNow() {
 		if p.cfg.NodeID != c.PeerID {
 			continue
 		}

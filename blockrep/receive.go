@@ -276,6 +276,9 @@ func (p *Peer) gotAck(t transport.MsgType, payload []byte, b *Batch) error {
 		p.log.Warn("peer failed to write; blocks marked out of sync", "offset", e.off, "length", e.n)
 	case e.kind == pendData && t == transport.MsgWriteAck:
 		p.bm.ClearRange(e.off, e.n)
+		if p.cfg.AckLatency != nil {
+			p.cfg.AckLatency(p.v.clock.Now() - e.sent)
+		}
 	case e.kind == pendRS && t == transport.MsgRSAck:
 		p.bm.ClearRange(e.off, e.n)
 		p.rs.acked(e.n, true)

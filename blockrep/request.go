@@ -65,7 +65,10 @@ type Request struct {
 	Len    int64  // bytes covered; len(Data) for OpWrite
 	Data   []byte // OpWrite payload
 	Handle uint64 // opaque to the backend (the NBD cookie)
-	Owner  Completer
+	// Arrived is opaque to the backend too: the submitter's timestamp, for its latency
+	// accounting.
+	Arrived int64
+	Owner   Completer
 	// Idle hints that no other request waits behind this one on its connection: a
 	// backend may then do slow work (a FLUSH's fdatasync) inline rather than hand it
 	// to another goroutine, saving a wake-up without stalling a pipeline.

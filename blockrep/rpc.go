@@ -107,6 +107,9 @@ type PeerStatus struct {
 	SyncDonePercent float64
 	SyncETA         time.Duration // 0 if unknown
 	RateBytes       float64       // current resync rate, bytes/s
+	// InFlight is how many requests wait for the peer's ack, of at most MaxInFlight
+	// (max-buffers): the fill of the send window.
+	InFlight, MaxInFlight int
 }
 
 // Status returns the volume's state with per-peer figures.
@@ -114,12 +117,15 @@ func (v *Volume) Status() (State, []PeerStatus) {
 	st := v.State()
 	now := v.clock.Now()
 	var out []PeerStatus
-	for _, p := range v.peers {
+	for _, p := range v.peersNow() {
 		ps := st.Peer(p.cfg.NodeID)
 		s := PeerStatus{PeerState: *ps, Protocol: p.cfg.Protocol,
 			OutOfSyncBytes: min(p.bm.Count()*BlockSize, v.size), ResyncBytes: p.rs.bytes.Load()}
 		syncing := ps.Repl.IsSyncSource() || ps.Repl.IsSyncTarget()
 		s.SyncDonePercent, s.SyncETA, s.RateBytes = p.rs.progress(now, p.bm.Count(), syncing)
+		p.pendMu.Lock()
+		s.InFlight, s.MaxInFlight = len(p.pending), p.maxPending
+		p.pendMu.Unlock()
 		out = append(out, s)
 	}
 	return st, out

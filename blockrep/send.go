@@ -22,6 +22,9 @@ func (p *Peer) submitData(r *Request, b *Batch, diskless bool) {
 	p.nextID++
 	id := p.nextID
 	e := pendEntry{kind: pendData, off: r.Off, n: r.Len}
+	if p.cfg.AckLatency != nil {
+		e.sent = p.v.clock.Now()
+	}
 	// Without a local disk every peer is a replica the request must wait for.
 	if p.cfg.Protocol != ProtocolA || diskless {
 		e.req = r

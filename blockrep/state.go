@@ -169,6 +169,7 @@ func Diff(old, new State) []string {
 	for _, np := range new.Peers {
 		op := old.Peer(np.NodeID)
 		if op == nil {
+			out = append(out, fmt.Sprintf("%s added:%s", np.Name, np.Conn))
 			continue
 		}
 		var f []string

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -79,6 +80,9 @@ type PeerConfig struct {
 	// TLS, when set, is the client configuration of the link (TLS 1.3, mutual
 	// certificates; the peer's must name the peer's host, Name).
 	TLS *tls.Config
+	// AckLatency, when set, gets the time from sending each application write to this
+	// peer until its final ack (metrics). It runs in the receive loop: it must not block.
+	AckLatency func(time.Duration)
 }
 
 // ResyncConfig controls resync speed (DRBD's resync-rate and c-* options, in bytes).
@@ -129,10 +133,12 @@ type Volume struct {
 
 	// ctl serializes the control plane: one Step and the execution of its effects at a
 	// time, in order. mu guards core for readers (State, Status, queries).
-	ctl   sync.Mutex
-	mu    sync.Mutex
-	core  *Core
-	peers []*Peer
+	ctl  sync.Mutex
+	mu   sync.Mutex
+	core *Core
+	// peers is replaced whole (Reconfigure), never changed in place: readers take
+	// the current slice with peersNow.
+	peers atomic.Pointer[[]*Peer]
 
 	// Counters for status.
 	readBytes, writtenBytes atomic.Int64
@@ -292,9 +298,14 @@ func Open(cfg Config) (*Volume, error) {
 		cps = append(cps, CorePeerConfig{NodeID: pc.NodeID, Name: pc.Name, Protocol: pc.Protocol, Fencing: pc.Fencing, Tiebreaker: pc.Tiebreaker})
 	}
 	v.core = NewCore(cfg.NodeID, cfg.NodeName, cfg.ALUpdates, cfg.Quorum, cps, sbNow, NewUUID)
+	peers := make([]*Peer, 0, len(cfg.Peers))
 	for i := range cfg.Peers {
 		pc := &cfg.Peers[i]
-		v.peers = append(v.peers, newPeer(v, *pc, sbNow.Slot(pc.NodeID)))
+		peers = append(peers, newPeer(v, *pc, sbNow.Slot(pc.NodeID)))
+	}
+	v.peers.Store(&peers)
+	for _, p := range peers {
+		go p.run()
 	}
 	v.handshaking = make(chan struct{}, 1)
 	v.flusher = newFlusher(v)
@@ -399,7 +410,7 @@ func (v *Volume) Close() error {
 	if !v.closed.CompareAndSwap(false, true) {
 		return nil
 	}
-	for _, p := range v.peers {
+	for _, p := range v.peersNow() {
 		p.shutdown()
 	}
 	v.flusher.stop()
@@ -466,7 +477,7 @@ func (v *Volume) do(e Effect) error {
 	case Persist:
 		return v.meta.Update(func(sb *Superblock) {
 			sb.Current, sb.History, sb.Flags = e.Meta.Current, e.Meta.History, e.Meta.Flags
-			for i, p := range v.peers {
+			for i, p := range v.peersNow() {
 				if p.slot >= 0 {
 					sb.Peers[p.slot].BitmapUUID, sb.Peers[p.slot].Flags = e.Meta.Slots[i].BitmapUUID, e.Meta.Slots[i].Flags
 				}
@@ -523,7 +534,7 @@ func (v *Volume) do(e Effect) error {
 }
 
 func (v *Volume) peerByID(id int) *Peer {
-	for _, p := range v.peers {
+	for _, p := range v.peersNow() {
 		if p.cfg.NodeID == id {
 			return p
 		}
@@ -591,7 +602,7 @@ func (v *Volume) Submit(r *Request, b *Batch) {
 	}
 	diskless := v.diskFailed.Load()
 	if r.Op == OpFlush {
-		for _, p := range v.peers {
+		for _, p := range v.peersNow() {
 			p.submitFlush(r, diskless)
 		}
 		v.gate.RUnlock()
@@ -622,14 +633,14 @@ func (v *Volume) Submit(r *Request, b *Batch) {
 			r.eng.al = true
 		}
 	}
-	overlapped := !diskless && r.Op == OpWrite && r.Len >= overlapMin && len(v.peers) > 0 && v.overlap.start(r)
-	for _, p := range v.peers {
+	overlapped := !diskless && r.Op == OpWrite && r.Len >= overlapMin && len(v.peersNow()) > 0 && v.overlap.start(r)
+	for _, p := range v.peersNow() {
 		p.submitData(r, b, diskless)
 	}
 	if r.Idle {
 		// Last of a burst: let the peers start on it while we write locally. Only the
 		// links: the client's replies wait for this one, one send for all of them.
-		for _, p := range v.peers {
+		for _, p := range v.peersNow() {
 			p.flushLink()
 		}
 	}
@@ -684,7 +695,7 @@ func (e *reqEngine) localDone(err error, copied bool, b *Batch) {
 			e.localErr.Store(boxErr(err))
 			err = nil
 			if r.Op != OpFlush {
-				for _, p := range e.v.peers {
+				for _, p := range e.v.peersNow() {
 					p.sendOutOfSync(r.Off, r.Len)
 				}
 			}
@@ -776,7 +787,7 @@ func (v *Volume) Promote(force bool) error {
 	if force {
 		// A SyncTarget forced UpToDate abandons its source: whatever that link's receive
 		// loop still applies must land before we are Primary.
-		for _, p := range v.peers {
+		for _, p := range v.peersNow() {
 			if query(v, func(c *Core) bool { return c.State.Peer(p.cfg.NodeID).Repl.IsSyncTarget() }) {
 				p.stopLink("forced to Primary while SyncTarget", 5*time.Second)
 			}
@@ -806,7 +817,7 @@ func (v *Volume) Demote() error {
 	// unsent; a caller that abandoned its batch unflushed is covered too.
 	v.gate.Lock()
 	defer v.gate.Unlock()
-	for _, p := range v.peers {
+	for _, p := range v.peersNow() {
 		p.flushLink()
 	}
 	v.conf.drain()
@@ -828,7 +839,7 @@ func (v *Volume) flushAll() error {
 	r := &Request{Op: OpFlush, Owner: chanCompleter(done)}
 	r.eng.reset(v, r)
 	diskless := v.diskFailed.Load()
-	for _, p := range v.peers {
+	for _, p := range v.peersNow() {
 		p.submitFlush(r, diskless)
 	}
 	if diskless {
@@ -849,7 +860,7 @@ func (v *Volume) flushAll() error {
 
 // anyReplicating reports whether some peer receives our writes now.
 func (v *Volume) anyReplicating() bool {
-	for _, p := range v.peers {
+	for _, p := range v.peersNow() {
 		p.pendMu.Lock()
 		r := p.replicating
 		p.pendMu.Unlock()
@@ -890,5 +901,104 @@ func (v *Volume) Extents(off, n int64, fn func(off, n int64, hole bool) bool) er
 		return m.Extents(off, n, fn)
 	}
 	fn(off, n, false)
+	return nil
+}
+
+// peersNow is the current set of peers, in configuration order.
+func (v *Volume) peersNow() []*Peer {
+	if p := v.peers.Load(); p != nil {
+		return *p
+	}
+	return nil
+}
+
+// Reconfigure replaces a peer's connection settings (blockrepadm adjust): address,
+// secret, timeouts, buffers, resync rates, the settings both ends must agree on. The
+// peer's link is closed and made again with them; writes meanwhile are recorded in its
+// bitmap as for any disconnection. What the core keeps of the peer (name, protocol,
+// fencing, tiebreaker) cannot change this way.
+func (v *Volume) Reconfigure(pc PeerConfig) error {
+	peers := v.peersNow()
+	i := slices.IndexFunc(peers, func(p *Peer) bool { return p.cfg.NodeID == pc.NodeID })
+	if i < 0 {
+		return fmt.Errorf("node-id %d is not a peer of %s", pc.NodeID, v.cfg.Resource)
+	}
+	old := peers[i]
+	if pc.Name != old.cfg.Name || pc.Protocol != old.cfg.Protocol || pc.Fencing != old.cfg.Fencing || pc.Tiebreaker != old.cfg.Tiebreaker {
+		return fmt.Errorf("peer %s: a change of name, protocol, fencing or disk none needs down and up", old.cfg.Name)
+	}
+	old.log.Info("reconfiguring the connection")
+	old.shutdown()
+	next := slices.Clone(peers)
+	next[i] = newPeer(v, pc, old.slot)
+	// Session numbers go on where the old link's ended: the core counts them per peer.
+	old.pendMu.Lock()
+	next[i].sessionNo = old.sessionNo
+	old.pendMu.Unlock()
+	// Submit holds the gate shared while it walks the peers.
+	v.gate.Lock()
+	v.peers.Store(&next)
+	v.gate.Unlock()
+	go next[i].run()
+	return nil
+}
+
+// AddPeer adds a connection to a node that joined the resource's configuration while
+// the volume is up (blockrepadm adjust): it claims a free bitmap slot in the metadata
+// (create-md --max-peers reserves them), then the core and the peer list learn of the
+// node in one step, so no effect ever meets a peer the other does not know.
+func (v *Volume) AddPeer(pc PeerConfig, want bool) error {
+	if pc.NodeID == v.cfg.NodeID || slices.ContainsFunc(v.peersNow(), func(p *Peer) bool { return p.cfg.NodeID == pc.NodeID }) {
+		return fmt.Errorf("node-id %d is already a node of %s", pc.NodeID, v.cfg.Resource)
+	}
+	sb := v.meta.Superblock()
+	slot := sb.Slot(pc.NodeID)
+	if slot < 0 {
+		err := v.meta.Update(func(sb *Superblock) {
+			for i := 0; i < sb.MaxPeers; i++ {
+				if sb.Peers[i].NodeID < 0 {
+					sb.Peers[i] = PeerSlot{NodeID: pc.NodeID}
+					slot = i
+					return
+				}
+			}
+		})
+		if err != nil {
+			return err
+		}
+		if slot < 0 {
+			return fmt.Errorf("the metadata has no free peer slot for %s (re-create it with create-md --max-peers)", pc.Name)
+		}
+		// What a former user of the slot left there means nothing for this node.
+		v.meta.Bitmap(slot).ClearAll()
+	}
+	p := newPeer(v, pc, slot)
+	// Lock order: gate, ctl, mu. Writes wait while the peer list grows.
+	v.gate.Lock()
+	v.ctl.Lock()
+	next := append(slices.Clone(v.peersNow()), p)
+	v.peers.Store(&next)
+	v.mu.Lock()
+	old := v.core.State.Clone()
+	fx, err := v.core.Step(EvAddPeer{Config: CorePeerConfig{NodeID: pc.NodeID, Name: pc.Name, Protocol: pc.Protocol,
+		Fencing: pc.Fencing, Tiebreaker: pc.Tiebreaker}, Want: want})
+	now := v.core.State.Clone()
+	v.mu.Unlock()
+	if err != nil {
+		prev := next[:len(next)-1]
+		v.peers.Store(&prev)
+	}
+	v.gate.Unlock()
+	if err == nil {
+		v.execute(fx)
+	}
+	v.ctl.Unlock()
+	if err != nil {
+		return err
+	}
+	if v.cfg.OnChange != nil && !old.Equal(now) {
+		v.cfg.OnChange(old, now)
+	}
+	go p.run()
 	return nil
 }

@@ -34,6 +34,8 @@ type Daemon struct {
 	// FaultInjection wraps every backing device in a blockrep.FaultyDevice that the
 	// "fault" verb configures: for the fault harness only.
 	FaultInjection bool
+	// MetricsAddr, when set, serves Prometheus metrics on http://MetricsAddr/metrics.
+	MetricsAddr string
 
 	cmdMu sync.Mutex // serializes operator commands
 	mu    sync.Mutex // guards res and every running.vol (held briefly)
@@ -42,7 +44,8 @@ type Daemon struct {
 	done  chan struct{}
 	// events is the feed of committed changes of every resource: events, and every
 	// other consumer, read it (never the engine's internals).
-	events *feed.Feed[resEvent]
+	events  *feed.Feed[resEvent]
+	metrics *metrics // nil unless MetricsAddr is set
 }
 
 // running is one resource that is up.
@@ -94,6 +97,11 @@ func (d *Daemon) Run(ctx context.Context) error {
 	}
 	ln, err := listenControl(control.SocketPath(d.RunDir))
 	if err != nil {
+		return err
+	}
+	if err := d.serveMetrics(ctx); err != nil {
+		ln.Close()
+		os.Remove(control.SocketPath(d.RunDir))
 		return err
 	}
 	d.ctl = ln
@@ -262,6 +270,9 @@ func (d *Daemon) handle(req control.Request) control.Response {
 	} else {
 		names = []string{req.Resource}
 	}
+	if req.Verb == "adjust" {
+		return d.adjust(req, names)
+	}
 	for _, n := range names {
 		if err := d.do(req, n); err != nil {
 			return fail(codeOf(err), err)
@@ -329,6 +340,7 @@ func (d *Daemon) do(req control.Request, name string) error {
 		return r.pgInit(req)
 	case "switchover":
 		return r.switchover(req.Target)
+
 	case "down":
 		if err := r.down(req.Force); err != nil {
 			return err
@@ -438,6 +450,7 @@ func (d *Daemon) up(name string) (*running, error) {
 	}
 	r := &running{d: d, cfg: res, host: host, vcfg: vcfg, log: log, wanted: true, serverTLS: serverTLS}
 	r.vcfg.OnChange = r.onChange
+	d.metrics.instrument(name, &r.vcfg)
 	vcfg = r.vcfg
 	if d.FaultInjection {
 		r.vcfg.OpenDevice = r.openFaulty
@@ -479,7 +492,8 @@ func (r *running) listen() error {
 	if err := r.listenPeers(); err != nil {
 		return err
 	}
-	r.exports = &nbd.Server{Logger: r.log, Lookup: r.lookupExport, List: func() []string { return []string{name} }}
+	r.exports = &nbd.Server{Logger: r.log, Lookup: r.lookupExport, List: func() []string { return []string{name} },
+		Observer: r.d.metrics.nbdObserver(name)}
 	path := control.ExportPath(r.d.RunDir, name)
 	os.Remove(path)
 	old := syscall.Umask(0o077)
@@ -553,7 +567,7 @@ func (r *running) identify(h transport.Hello) (transport.Identity, error) {
 	if h.LocalID != r.host.NodeID {
 		return transport.Identity{}, fmt.Errorf("node-id %d is not this node (%d)", h.LocalID, r.host.NodeID)
 	}
-	for _, p := range r.vcfg.Peers {
+	for _, p := range r.vcfgNow().Peers {
 		if p.NodeID == h.PeerID {
 			return transport.Identity{Resource: r.cfg.Name, LocalID: r.host.NodeID, PeerID: p.NodeID, Secret: p.Secret, Alg: p.HMACAlg, PeerName: p.Name}, nil
 		}

@@ -26,6 +26,7 @@ func DaemonMain(args []string, stderr io.Writer) int {
 	level := fs.String("log-level", "info", "debug|info|warn|error")
 	fs.BoolVar(&d.FaultInjection, "fault-injection", false, "test only: let the control socket inject disk errors")
 	batch := fs.Bool("sched-batch", true, "run under SCHED_BATCH (fewer preemptions on wake-ups)")
+	fs.StringVar(&d.MetricsAddr, "metrics-addr", "", "serve Prometheus metrics on http://ADDR/metrics (e.g. 127.0.0.1:9942); off by default")
 	debugAddr := fs.String("debug-addr", "", "serve Go pprof profiles on this address (e.g. 127.0.0.1:6060); off by default")
 	if err := fs.Parse(args); err != nil {
 		return 1

@@ -196,6 +196,9 @@ func (c *conn) FlushOut() {
 // Complete answers a write-class request; any goroutine may call it.
 func (c *conn) Complete(r *blockrep.Request, err error, b *blockrep.Batch) {
 	h := r.Handle
+	if o := c.s.Observer; o != nil {
+		o.Observe(kindOf(r.Op), r.Len, time.Since(epoch)-time.Duration(r.Arrived), err != nil)
+	}
 	var errno uint32
 	var msg string
 	if err != nil {

@@ -22,8 +22,9 @@ const (
 )
 
 type readJob struct {
-	h, off uint64
-	n      uint32
+	h, off  uint64
+	n       uint32
+	arrived time.Time
 }
 
 func (c *conn) read(h uint64, flags uint16, off uint64, n uint32) {
@@ -44,13 +45,13 @@ func (c *conn) read(h uint64, flags uint16, off uint64, n uint32) {
 	}
 	start := time.Now()
 	if start.UnixNano() < c.slowUntil.Load() {
-		c.offload(readJob{h, off, n})
+		c.offload(readJob{h, off, n, start})
 		return
 	}
 	if cap(c.rbuf) < int(n) {
 		c.rbuf = make([]byte, max(int(n), 64<<10))
 	}
-	c.serveRead(c.rbuf[:n], h, off, &c.batch, false)
+	c.serveRead(c.rbuf[:n], h, off, &c.batch, false, start)
 	if d := time.Since(start); d > slowRead+time.Duration(n) {
 		if c.slowScore += slowCost; c.slowScore >= 2*slowCost {
 			c.slowScore = 0
@@ -62,8 +63,9 @@ func (c *conn) read(h uint64, flags uint16, off uint64, n uint32) {
 }
 
 // serveRead reads into buf and answers into b; async reads also leave the in-flight
-// count. The backend is called without mu, the reply is written under it.
-func (c *conn) serveRead(buf []byte, h, off uint64, b *blockrep.Batch, async bool) {
+// count. The backend is called without mu, the reply is written under it. arrived is
+// when the request was read, for the Observer.
+func (c *conn) serveRead(buf []byte, h, off uint64, b *blockrep.Batch, async bool, arrived time.Time) {
 	var errno uint32
 	var msg string
 	if len(buf) > 0 {
@@ -100,6 +102,9 @@ func (c *conn) serveRead(buf []byte, h, off uint64, b *blockrep.Batch, async boo
 		}
 	}
 	c.mu.Unlock()
+	if o := c.s.Observer; o != nil {
+		o.Observe(KindRead, int64(len(buf)), time.Since(arrived), errno != 0)
+	}
 	b.Add(c)
 }
 
@@ -134,7 +139,7 @@ func (c *conn) readWorker() {
 			buf = make([]byte, max(int(j.n), 64<<10))
 		}
 		start := time.Now()
-		c.serveRead(buf[:j.n], j.h, j.off, &b, true)
+		c.serveRead(buf[:j.n], j.h, j.off, &b, true, j.arrived)
 		if d := time.Since(start); d > slowRead+time.Duration(j.n) {
 			c.slowUntil.Store(start.Add(d + offloadWindow).UnixNano()) // still slow: stay
 		}

@@ -18,6 +18,37 @@ type Export struct {
 	Backend           blockrep.Backend
 }
 
+// Kind is the kind of an observed request.
+type Kind uint8
+
+const (
+	KindRead Kind = iota
+	KindWrite
+	KindTrim
+	KindZero
+	KindFlush
+	NumKinds // how many kinds there are, to size arrays indexed by Kind
+)
+
+var kindNames = [NumKinds]string{"read", "write", "trim", "zero", "flush"}
+
+func (k Kind) String() string { return kindNames[k] }
+
+// kindOf maps a write-class Op; the Ops follow read in the same order.
+func kindOf(op blockrep.Op) Kind { return Kind(op) + 1 }
+
+// Observer is told of each READ, WRITE, TRIM, WRITE_ZEROES and FLUSH the backend
+// answered: n bytes covered (0 for FLUSH), d from its arrival (with a WRITE's payload)
+// until it was answered, failed when the reply is an error. Requests refused before reaching the
+// backend are not observed. It runs on the request path, from any goroutine: it must
+// be cheap and must not block.
+type Observer interface {
+	Observe(k Kind, n int64, d time.Duration, failed bool)
+}
+
+// epoch is the origin of Request.Arrived (monotonic: time.Since reads the monotonic clock).
+var epoch = time.Now()
+
 // ErrUnknownExport is returned by Lookup for a name it does not serve; the client gets
 // NBD_REP_ERR_UNKNOWN. Any other Lookup error becomes NBD_REP_ERR_POLICY. The error's
 // text is sent to the client (nbdinfo prints it).
@@ -42,6 +73,9 @@ type Server struct {
 	// HandshakeTimeout bounds the option phase of a connection (default 30 s; < 0 none),
 	// so a client that stalls mid-option cannot hold a goroutine forever.
 	HandshakeTimeout time.Duration
+	// Observer, when set, sees every request the backend answers (metrics); nil costs
+	// nothing on the request path.
+	Observer Observer
 
 	mu        sync.Mutex
 	closed    bool

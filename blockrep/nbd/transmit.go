@@ -3,6 +3,7 @@ package nbd
 import (
 	"fmt"
 	"io"
+	"time"
 
 	"github.com/blockrep/blockrep/blockrep"
 )
@@ -247,6 +248,9 @@ func (c *conn) submit(op blockrep.Op, fl blockrep.ReqFlags, off uint64, n uint32
 	}
 	r.Op, r.Flags, r.Off, r.Len, r.Data, r.Handle, r.Owner = op, fl, int64(off), int64(n), data, h, c
 	r.Idle = c.br.Buffered() == rest
+	if c.s.Observer != nil {
+		r.Arrived = int64(time.Since(epoch))
+	}
 	c.be.Submit(r, &c.batch)
 }
 

@@ -100,6 +100,8 @@ type Options struct {
 	Network NetMode
 	// FaultInjection starts the daemons with --fault-injection (the "fault" verb).
 	FaultInjection bool
+	// DaemonArgs are extra blockrepd flags, by node index.
+	DaemonArgs map[int][]string
 }
 
 // Node is one blockrepd.
@@ -252,6 +254,7 @@ func (c *Cluster) Start(n *Node) {
 	if c.opts.FaultInjection {
 		args = append(args, "--fault-injection")
 	}
+	args = append(args, c.opts.DaemonArgs[n.ID]...)
 	if n.NS != "" {
 		// ip netns exec execs the daemon, so the process we signal is blockrepd itself.
 		args = append([]string{"ip", "netns", "exec", n.NS}, args...)

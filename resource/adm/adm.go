@@ -163,10 +163,15 @@ func commands() []*cli.Command {
 			Action: pgInit,
 		},
 		{
+			Name: "adjust", Usage: "apply the .res file's changes to a resource that is up (connection options, peer addresses)", ArgsUsage: "RESOURCE|all",
+			Flags:  []cli.Flag{&cli.BoolFlag{Name: "dry-run", Usage: "print what would change; change nothing"}},
+			Action: adjust,
+		},
+		{
 			Name: "switchover", Usage: "move the service from this node (the Primary) to NODE or the best other node", ArgsUsage: "RESOURCE [NODE]",
 			Action: switchover,
 		},
-		reserved("verify"), reserved("pause-sync"), reserved("resume-sync"), reserved("adjust"),
+		reserved("verify"), reserved("pause-sync"), reserved("resume-sync"),
 		reserved("invalidate-remote"),
 	}
 }
@@ -302,5 +307,17 @@ func switchover(c *cli.Context) error {
 		return usageError("switchover takes one resource and optionally the node to move to")
 	}
 	_, err := client(c).Do(control.Request{Verb: "switchover", Resource: c.Args().First(), Target: c.Args().Get(1)})
+	return err
+}
+
+func adjust(c *cli.Context) error {
+	res, err := resourceArg(c)
+	if err != nil {
+		return err
+	}
+	resp, err := client(c).Do(control.Request{Verb: "adjust", Resource: res, DryRun: c.Bool("dry-run")})
+	if resp != nil && resp.Output != "" {
+		fmt.Fprint(c.App.Writer, resp.Output)
+	}
 	return err
 }

@@ -57,6 +57,8 @@ type Request struct {
 	Password string `json:"password,omitempty"`
 	// Target is the node switchover moves the service to ("" = the best other node).
 	Target string `json:"target,omitempty"`
+	// DryRun: adjust prints its plan without applying it.
+	DryRun bool `json:"dry_run,omitempty"`
 }
 
 // Exit codes, after drbdsetup's where it has one.
@@ -76,6 +78,8 @@ type Response struct {
 	Status *Status `json:"status,omitempty"`
 	// Registered answers fence-status: whether the plug's key is registered.
 	Registered *bool `json:"registered,omitempty"`
+	// Output is text for the operator (adjust's plan).
+	Output string `json:"output,omitempty"`
 }
 
 // Status is the stable machine-readable status (status --json).

@@ -205,14 +205,15 @@ func (h *harness) kill(p *node) (time.Time, error) {
 	other := h.c.other(p)
 	pids := nsPids(p.NS())
 	fault := time.Now()
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() { defer wg.Done(); setLink(p.NS(), false) }()
+	// The cable first: killed processes' sockets are closed by the kernel, and the
+	// resets it sends would tell the peers at once, which a dead machine never does.
+	if err := setLink(p.NS(), false); err != nil {
+		return fault, err
+	}
 	for _, pid := range pids {
 		syscall.Kill(pid, syscall.SIGKILL)
 	}
 	killNS(p.NS()) // anything started meanwhile
-	wg.Wait()
 	h.logf("  killed every process on %s and pulled its cable", p.Name)
 	p.reap(10 * time.Second)
 	// Its mount namespace died with it; the loop device on its FUSE file stays

@@ -2,7 +2,7 @@ GO      ?= go
 BIN     := bin
 PKGS    := ./...
 
-.PHONY: all build test test-unit deps demo bench soak fmt vet clean
+.PHONY: all build test test-unit deps demo bench soak failover fmt vet clean
 
 all: build
 
@@ -39,6 +39,13 @@ bench: deps build
 soak: deps
 	cd internal/soak && $(GO) test -v -run '^TestSoak$$' -timeout 0 . -args \
 		-soak.n=$(or $(N),100) -soak.seed=$(or $(SEED),0) $(SOAK_FLAGS)
+
+# PostgreSQL failover trials (scripts/failover): two data nodes and a tiebreaker in
+# network namespaces, a client committing through the floating IP, nodes killed,
+# isolated, postmaster killed, switched over. Prints RTO/RPO per kind; also writes
+# bin/failover.md. Needs root. Extra flags: make failover FAILOVER_FLAGS='-trials 10 -kinds kill'
+failover: deps build
+	$(GO) run ./scripts/failover $(FAILOVER_FLAGS)
 
 fmt:
 	gofmt -w $$(git ls-files '*.go')

@@ -144,6 +144,12 @@ func (c *pcmkCluster) status(n *pcmkNode) (brStatus, error) {
 	return s.Resources[0], nil
 }
 
+// hasVIP reports whether the floating address is on node n's interface.
+func (c *pcmkCluster) hasVIP(n *pcmkNode) bool {
+	out, err := exec.Command("ip", "-n", n.ns, "-4", "addr", "show", "dev", "eth0").Output()
+	return err == nil && strings.Contains(string(out), " 198.18.0.100/24 ")
+}
+
 func (c *pcmkCluster) waitFor(what string, d time.Duration, cond func() bool) {
 	c.t.Helper()
 	deadline := time.Now().Add(d)
@@ -210,6 +216,9 @@ wait
 
 func (c *pcmkCluster) startNode(n *pcmkNode) {
 	c.t.Helper()
+	// A reboot loses what was configured at run time (the floating address).
+	c.run("ip", "-n", n.ns, "addr", "flush", "dev", "eth0")
+	c.run("ip", "-n", n.ns, "addr", "add", n.addr+"/24", "dev", "eth0")
 	c.run("ip", "-n", c.hub, "link", "set", n.veth, "up")
 	cmd := exec.Command("ip", "netns", "exec", n.ns, "unshare", "-m", "-u", "sh", filepath.Join(n.dir, "node.sh"))
 	logf, err := os.OpenFile(filepath.Join(n.dir, "node.out"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
@@ -332,8 +341,9 @@ func (c *pcmkCluster) cleanup() {
 // TestPacemaker runs the OCF agent as a promotable clone under a real three-node
 // Pacemaker + corosync cluster (one network, mount and UTS namespace per node):
 // alpha and beta hold the data, gamma only gives corosync its quorum. Pacemaker
-// promotes one data node; a crash of that node gets the other promoted; the crashed
-// node, restarted, rejoins as Secondary. There is no fencing device here, so
+// promotes one data node, and an IPaddr2 address follows the promoted role; a crash
+// of that node gets the other promoted and the address moved; the crashed node,
+// restarted, rejoins as Secondary. There is no fencing device here, so
 // stonith-enabled=false.
 func TestPacemaker(t *testing.T) {
 	if testing.Short() {
@@ -423,6 +433,12 @@ func TestPacemaker(t *testing.T) {
 			`<op id="br-monitor-unpromoted" name="monitor" interval="20s" timeout="20s" role="Unpromoted"/>` +
 			`</operations></primitive></clone>`},
 		{"cibadmin", "--create", "-o", "constraints", "--xml-text", `<rsc_location id="br-not-on-gamma" rsc="br-clone" node="gamma" score="-INFINITY"/>`},
+		{"cibadmin", "--create", "-o", "resources", "--xml-text", `<primitive id="vip" class="ocf" provider="heartbeat" type="IPaddr2">` +
+			`<instance_attributes id="vip-p"><nvpair id="vip-p-ip" name="ip" value="198.18.0.100"/>` +
+			`<nvpair id="vip-p-mask" name="cidr_netmask" value="24"/><nvpair id="vip-p-nic" name="nic" value="eth0"/></instance_attributes>` +
+			`<operations><op id="vip-monitor" name="monitor" interval="10s" timeout="20s"/></operations></primitive>`},
+		{"cibadmin", "--create", "-o", "constraints", "--xml-text", `<rsc_colocation id="vip-with-promoted" rsc="vip" with-rsc="br-clone" with-rsc-role="Promoted" score="INFINITY"/>`},
+		{"cibadmin", "--create", "-o", "constraints", "--xml-text", `<rsc_order id="vip-after-promote" first="br-clone" first-action="promote" then="vip" then-action="start"/>`},
 		{"crm_resource", "--resource", "br-clone", "--meta", "--set-parameter", "target-role", "--parameter-value", "Started"},
 	} {
 		c.mustIn(gamma, cmd...)
@@ -460,6 +476,7 @@ func TestPacemaker(t *testing.T) {
 		other = beta
 	}
 	t.Logf("Pacemaker promoted %s", promoted.name)
+	c.waitFor("the address on "+promoted.name, 60*time.Second, func() bool { return c.hasVIP(promoted) })
 
 	// (2) crash the promoted node; Pacemaker promotes the other.
 	t0 := time.Now()
@@ -473,6 +490,8 @@ func TestPacemaker(t *testing.T) {
 		m, err := c.in(gamma, "crm_mon", "-1", "-r")
 		return err == nil && strings.Contains(m, "Promoted: [ "+other.name+" ]")
 	})
+	c.waitFor("the address on "+other.name, 60*time.Second, func() bool { return c.hasVIP(other) })
+	t.Logf("… and the address 198.18.0.100 on %s after %v", other.name, time.Since(t0).Round(100*time.Millisecond))
 
 	// (3) the crashed node restarts and rejoins as Secondary, in sync.
 	c.startNode(promoted)
@@ -484,6 +503,9 @@ func TestPacemaker(t *testing.T) {
 		m, err := c.in(gamma, "crm_mon", "-1", "-r")
 		return err == nil && strings.Contains(m, "Unpromoted: [ "+promoted.name+" ]") && strings.Contains(m, "Promoted: [ "+other.name+" ]")
 	})
+	if c.hasVIP(promoted) || !c.hasVIP(other) {
+		t.Fatalf("the address is not (only) on %s after the rejoin", other.name)
+	}
 	if s, err := c.status(other); err != nil || s.Role != "Primary" {
 		t.Fatalf("%s after the rejoin: %+v %v", other.name, s, err)
 	}

@@ -27,8 +27,13 @@ func DaemonMain(args []string, stderr io.Writer) int {
 	fs.BoolVar(&d.FaultInjection, "fault-injection", false, "test only: let the control socket inject disk errors")
 	batch := fs.Bool("sched-batch", true, "run under SCHED_BATCH (fewer preemptions on wake-ups)")
 	debugAddr := fs.String("debug-addr", "", "serve Go pprof profiles on this address (e.g. 127.0.0.1:6060); off by default")
+	version := fs.Bool("version", false, "print the version and exit")
 	if err := fs.Parse(args); err != nil {
 		return 1
+	}
+	if *version {
+		fmt.Printf("blockrepd version %s\n", Version)
+		return 0
 	}
 	if fs.NArg() > 0 {
 		fmt.Fprintf(stderr, "blockrepd: unexpected argument %q\n", fs.Arg(0))
@@ -55,6 +60,11 @@ func DaemonMain(args []string, stderr io.Writer) int {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
+	d.Ready = func() { sdNotify(d.Log, "READY=1") }
+	go func() {
+		<-ctx.Done()
+		sdNotify(d.Log, "STOPPING=1")
+	}()
 	if err := d.Run(ctx); err != nil {
 		fmt.Fprintf(stderr, "blockrepd: %v\n", err)
 		return 1

@@ -69,8 +69,9 @@ deb:
 	install -m 0755 packaging/deb/postinst packaging/deb/prerm packaging/deb/postrm $(DEB_ROOT)/DEBIAN/
 	dpkg-deb --root-owner-group --build $(DEB_ROOT) $(BIN)/blockrep_$(DEB_VERSION)_$(DEB_ARCH).deb
 
-# Debian packages the tests drive (real NBD clients, fio, qemu tools, filesystems, PostgreSQL).
-APT_PKGS := libnbd-bin nbdfuse nbdkit fio qemu-utils qemu-system-common nbd-server python3-libnbd e2fsprogs xfsprogs iproute2 iptables util-linux tgt sg3-utils postgresql-15
+# Debian packages the tests drive (real NBD clients, fio, qemu tools, filesystems, PostgreSQL,
+# groff for the man pages).
+APT_PKGS := libnbd-bin nbdfuse nbdkit fio qemu-utils qemu-system-common nbd-server python3-libnbd e2fsprogs xfsprogs iproute2 iptables util-linux tgt sg3-utils postgresql-15 groff-base
 deps:
 	@scripts/ensure-packages.sh $(APT_PKGS)
 

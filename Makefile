@@ -35,10 +35,10 @@ install: build man
 		$(DESTDIR)$(SYSCONFDIR)/default $(DESTDIR)$(SYSCONFDIR)/blockrep
 	install -m 0755 $(BIN)/blockrepd $(BIN)/blockrepadm $(BIN)/fence_blockrep $(DESTDIR)$(SBINDIR)/
 	for f in packaging/systemd/*.service; do \
-		sed -e 's|/usr/sbin/|$(SBINDIR)/|g' -e 's|/etc/|$(SYSCONFDIR)/|g' $$f > $(DESTDIR)$(UNITDIR)/$${f##*/} || exit 1; \
+		sed -e 's|/usr/sbin/|$(SBINDIR)/|g' -e 's|/etc\b|$(SYSCONFDIR)|g' $$f > $(DESTDIR)$(UNITDIR)/$${f##*/} || exit 1; \
 		chmod 0644 $(DESTDIR)$(UNITDIR)/$${f##*/}; \
 	done
-	sed -e 's|/usr/sbin/|$(SBINDIR)/|g' -e 's|/etc/|$(SYSCONFDIR)/|g' packaging/init.d/blockrep > $(DESTDIR)$(SYSCONFDIR)/init.d/blockrep
+	sed -e 's|/usr/sbin/|$(SBINDIR)/|g' -e 's|/etc\b|$(SYSCONFDIR)|g' packaging/init.d/blockrep > $(DESTDIR)$(SYSCONFDIR)/init.d/blockrep
 	chmod 0755 $(DESTDIR)$(SYSCONFDIR)/init.d/blockrep
 	install -m 0644 packaging/default/blockrep $(DESTDIR)$(SYSCONFDIR)/default/blockrep
 	install -m 0644 packaging/example.res.example $(DESTDIR)$(SYSCONFDIR)/blockrep/example.res.example

@@ -71,7 +71,7 @@ deb:
 
 # Debian packages the tests drive (real NBD clients, fio, qemu tools, filesystems, PostgreSQL,
 # groff for the man pages).
-APT_PKGS := libnbd-bin nbdfuse nbdkit fio qemu-utils qemu-system-common nbd-server python3-libnbd e2fsprogs xfsprogs iproute2 iptables util-linux tgt sg3-utils postgresql-15 groff-base
+APT_PKGS := libnbd-bin nbdfuse nbdkit fio qemu-utils qemu-system-common nbd-server python3-libnbd e2fsprogs xfsprogs iproute2 iptables util-linux tgt sg3-utils postgresql-15 resource-agents libxml2-utils pacemaker-cli-utils groff-base
 deps:
 	@scripts/ensure-packages.sh $(APT_PKGS)
 

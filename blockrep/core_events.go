@@ -800,6 +800,8 @@ func (e EvSyncReply) apply(c *Core) error {
 func (c *Core) fullSyncRefusal(i int, selfSource bool) string {
 	ps := c.ps(i)
 	switch {
+	case c.Peers[i].Tiebreaker:
+		return fmt.Sprintf("%s is a diskless tiebreaker", c.Peers[i].Name)
 	case ps.Repl != Established:
 		return fmt.Sprintf("replication is %s", ps.Repl)
 	case !selfSource && c.State.Role == Primary:

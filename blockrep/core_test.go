@@ -320,7 +320,9 @@ func TestCoreRandomWalk(t *testing.T) {
 		sb.Peers[0].NodeID, sb.Peers[1].NodeID = 1, 2
 		pol := []FencingPolicy{FencingDontCare, FencingResourceOnly, FencingResourceAndStonith}[r.IntN(3)]
 		q := []QuorumPolicy{{}, {Need: QuorumMajority}, {Need: QuorumMajority, IOError: true}}[r.IntN(3)]
-		c := NewCore(0, "alpha", true, q, []CorePeerConfig{{NodeID: 1, Name: "beta", Fencing: pol}, {NodeID: 2, Name: "gamma", Fencing: pol}}, sb, counterUUID())
+		// Every other seed, gamma is a diskless tiebreaker.
+		tb := seed%2 == 1
+		c := NewCore(0, "alpha", true, q, []CorePeerConfig{{NodeID: 1, Name: "beta", Fencing: pol}, {NodeID: 2, Name: "gamma", Fencing: pol, Tiebreaker: tb}}, sb, counterUUID())
 		for step := 0; step < 60; step++ {
 			ev := randomEvent(r, c)
 			before := c.Clone()
@@ -353,6 +355,11 @@ func checkInvariants(t *testing.T, seed uint64, step int, ev Event, c *Core, fx 
 			fail("two Primaries")
 		}
 	}
+	for i, p := range c.Peers {
+		if p.Tiebreaker && (c.Meta.Slots[i].BitmapUUID != 0 || c.ps(i).Repl.IsSyncSource() || c.ps(i).Repl.IsSyncTarget()) {
+			fail("tiebreaker %s has a bitmap generation or a resync", p.Name)
+		}
+	}
 	// A change the core derives itself is never one Validate refuses.
 	for _, e := range fx {
 		if l, ok := e.(Log); ok && strings.HasPrefix(l.Msg, "internal:") {
@@ -375,6 +382,9 @@ func randomEvent(r *rand.Rand, c *Core) Event {
 	peer := 1 + r.IntN(2)
 	roles := []Role{Secondary, Primary}
 	disks := []DiskState{Inconsistent, Outdated, UpToDate}
+	if c.Peers[c.peer(peer)].Tiebreaker {
+		roles, disks = []Role{Secondary, Secondary}, []DiskState{Diskless, Diskless, Diskless}
+	}
 	switch r.IntN(16) {
 	case 0:
 		return EvConnect{Peer: -1}

@@ -38,6 +38,11 @@ var (
 func Binaries(t testing.TB) string {
 	t.Helper()
 	buildOnce.Do(func() {
+		// A -race program sleeps 1 s at exit by default (for late reports): every
+		// blockrepadm call would cost a second.
+		if os.Getenv("GORACE") == "" {
+			os.Setenv("GORACE", "atexit_sleep_ms=0")
+		}
 		if d := os.Getenv("BLOCKREP_BIN"); d != "" {
 			binDir = d
 			return

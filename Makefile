@@ -26,8 +26,11 @@ BASHCOMPDIR ?= $(PREFIX)/share/bash-completion/completions
 UNITDIR    ?= /lib/systemd/system
 SYSCONFDIR ?= /etc
 OCFDIR     ?= /usr/lib/ocf/resource.d/blockrep
-# The OCF resource agent is installed only when the tree has one.
+HANDLERDIR ?= /usr/lib/blockrep
+# The OCF resource agent and the Pacemaker fence-peer handler are installed only when
+# the tree has them.
 OCF_AGENT  := $(wildcard scripts/ocf/blockrep)
+FENCE_PEER := $(wildcard scripts/ocf/crm-fence-peer.sh)
 
 install: build man
 	install -d $(DESTDIR)$(SBINDIR) $(DESTDIR)$(MANDIR)/man8 $(DESTDIR)$(MANDIR)/man5 \
@@ -48,6 +51,10 @@ install: build man
 ifneq ($(OCF_AGENT),)
 	install -d $(DESTDIR)$(OCFDIR)
 	install -m 0755 $(OCF_AGENT) $(DESTDIR)$(OCFDIR)/blockrep
+endif
+ifneq ($(FENCE_PEER),)
+	install -d $(DESTDIR)$(HANDLERDIR)
+	install -m 0755 $(FENCE_PEER) $(DESTDIR)$(HANDLERDIR)/crm-fence-peer.sh
 endif
 
 # make deb: $(BIN)/blockrep_VERSION_ARCH.deb, from an install into $(BIN)/debroot.

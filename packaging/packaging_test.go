@@ -59,6 +59,20 @@ var installed = []string{
 	"usr/share/bash-completion/completions/blockrepadm",
 }
 
+// optional lists the files make install writes only when the tree has their source.
+func optional() []string {
+	var o []string
+	for src, dst := range map[string]string{
+		"../scripts/ocf/blockrep":          "usr/lib/ocf/resource.d/blockrep/blockrep",
+		"../scripts/ocf/crm-fence-peer.sh": "usr/lib/blockrep/crm-fence-peer.sh",
+	} {
+		if _, err := os.Stat(src); err == nil {
+			o = append(o, dst)
+		}
+	}
+	return o
+}
+
 func TestInstall(t *testing.T) {
 	var got []string
 	filepath.Walk(dest, func(p string, fi os.FileInfo, err error) error {
@@ -68,16 +82,13 @@ func TestInstall(t *testing.T) {
 		}
 		return nil
 	})
-	want := slices.Clone(installed)
-	if _, err := os.Stat("../scripts/ocf/blockrep"); err == nil {
-		want = append(want, "usr/lib/ocf/resource.d/blockrep/blockrep")
-	}
+	want := append(slices.Clone(installed), optional()...)
 	slices.Sort(got)
 	slices.Sort(want)
 	if !slices.Equal(got, want) {
 		t.Errorf("make install wrote\n%s\nwant\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
 	}
-	for _, p := range []string{"usr/sbin/blockrepd", "etc/init.d/blockrep"} {
+	for _, p := range append([]string{"usr/sbin/blockrepd", "etc/init.d/blockrep"}, optional()...) {
 		if fi, err := os.Stat(filepath.Join(dest, p)); err != nil || fi.Mode().Perm() != 0o755 {
 			t.Errorf("%s: %v, want mode 0755", p, err)
 		}
@@ -470,7 +481,7 @@ func TestDeb(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, p := range installed {
+	for _, p := range append(slices.Clone(installed), optional()...) {
 		if strings.HasPrefix(p, "usr/share/man/") {
 			p += ".gz"
 		}

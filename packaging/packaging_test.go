@@ -319,6 +319,28 @@ BLOCKREP_STOP_TIMEOUT=30
 	}
 	script("stop", 0)
 	script("bogus", 2)
+
+	// A daemon the script did not start is not taken over.
+	other := exec.Command(filepath.Join(sbin, "blockrepd"), "--config", cfg, "--run-dir", run, "--node", "alpha")
+	if err := other.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		other.Process.Signal(syscall.SIGTERM)
+		other.Wait()
+	}()
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		if _, err := adm("status", "all"); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the foreign blockrepd does not answer")
+		}
+	}
+	if out := script("start", 1); !strings.Contains(out, "did not start") {
+		t.Fatalf("start next to a foreign blockrepd: %q", out)
+	}
+	script("status", 3)
 }
 
 func TestManPages(t *testing.T) {

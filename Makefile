@@ -64,6 +64,7 @@ DEB_VERSION := $(shell v='$(VERSION)'; case "$$v" in (v[0-9]*) ;; (*) v="0~git$$
 	echo "$$v" | sed -e 's/^v//' -e 's/-/+/g' -e 's/[^A-Za-z0-9.+~]//g')
 DEB_ARCH    := $(shell dpkg --print-architecture 2>/dev/null)
 DEB_ROOT    := $(BIN)/debroot
+DEB_COMPRESS ?= xz
 DEB_MAINTAINER ?= $(or $(shell git config user.name),blockrep) <$(or $(shell git config user.email),root@localhost)>
 deb:
 	rm -rf $(DEB_ROOT)
@@ -74,7 +75,7 @@ deb:
 		-e "s/@SIZE@/$$(du -sk --exclude=DEBIAN $(DEB_ROOT) | cut -f1)/" packaging/deb/control > $(DEB_ROOT)/DEBIAN/control
 	cd $(DEB_ROOT) && find etc -type f | sed 's|^|/|' | sort > DEBIAN/conffiles
 	install -m 0755 packaging/deb/postinst packaging/deb/prerm packaging/deb/postrm $(DEB_ROOT)/DEBIAN/
-	dpkg-deb --root-owner-group --build $(DEB_ROOT) $(BIN)/blockrep_$(DEB_VERSION)_$(DEB_ARCH).deb
+	dpkg-deb --root-owner-group -Z$(DEB_COMPRESS) --build $(DEB_ROOT) $(BIN)/blockrep_$(DEB_VERSION)_$(DEB_ARCH).deb
 
 # Debian packages the tests drive (real NBD clients, fio, qemu tools, filesystems, PostgreSQL,
 # groff for the man pages).

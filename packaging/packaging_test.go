@@ -320,6 +320,20 @@ BLOCKREP_STOP_TIMEOUT=30
 	script("stop", 0)
 	script("bogus", 2)
 
+	// A daemon that cannot start fails start at once, without a pid file.
+	good, _ := os.ReadFile(defaults)
+	if err := os.WriteFile(defaults, append(slices.Clone(good), "BLOCKREPD_OPTS=--no-such-flag\n"...), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	t0 := time.Now()
+	if out := script("start", 1); !strings.Contains(out, "exited at start") || time.Since(t0) > 10*time.Second {
+		t.Fatalf("start of a failing blockrepd took %v: %q", time.Since(t0), out)
+	}
+	script("status", 3)
+	if err := os.WriteFile(defaults, good, 0o644); err != nil {
+		t.Fatal(err)
+	}
+
 	// A daemon the script did not start is not taken over.
 	other := exec.Command(filepath.Join(sbin, "blockrepd"), "--config", cfg, "--run-dir", run, "--node", "alpha")
 	if err := other.Start(); err != nil {

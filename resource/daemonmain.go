@@ -10,6 +10,7 @@ import (
 	"net/http"
 	_ "net/http/pprof"
 	"os/signal"
+	"sync"
 	"syscall"
 
 	"github.com/blockrep/blockrep/resource/control"
@@ -61,11 +62,15 @@ func DaemonMain(args []string, stderr io.Writer) int {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	d.Ready = func() { sdNotify(d.Log, "READY=1") }
+	// Sent when shutdown begins, and at the latest before exiting (Run may return first).
+	stopping := sync.OnceFunc(func() { sdNotify(d.Log, "STOPPING=1") })
 	go func() {
 		<-ctx.Done()
-		sdNotify(d.Log, "STOPPING=1")
+		stopping()
 	}()
-	if err := d.Run(ctx); err != nil {
+	err := d.Run(ctx)
+	stopping()
+	if err != nil {
 		fmt.Fprintf(stderr, "blockrepd: %v\n", err)
 		return 1
 	}

@@ -36,6 +36,8 @@ type Daemon struct {
 	FaultInjection bool
 	// MetricsAddr, when set, serves Prometheus metrics on http://MetricsAddr/metrics.
 	MetricsAddr string
+	// Ready, if set, is called once the control socket listens (systemd's READY=1).
+	Ready func()
 
 	cmdMu sync.Mutex // serializes operator commands
 	mu    sync.Mutex // guards res and every running.vol (held briefly)
@@ -106,6 +108,9 @@ func (d *Daemon) Run(ctx context.Context) error {
 	}
 	d.ctl = ln
 	d.Log.Info("blockrepd started", "config", d.ConfigDir, "run-dir", d.RunDir, "pid", os.Getpid())
+	if d.Ready != nil {
+		d.Ready()
+	}
 	go func() {
 		<-ctx.Done()
 		ln.Close()

@@ -10,6 +10,7 @@ import (
 	"net/http"
 	_ "net/http/pprof"
 	"os/signal"
+	"sync"
 	"syscall"
 
 	"github.com/blockrep/blockrep/resource/control"
@@ -28,8 +29,13 @@ func DaemonMain(args []string, stderr io.Writer) int {
 	batch := fs.Bool("sched-batch", true, "run under SCHED_BATCH (fewer preemptions on wake-ups)")
 	fs.StringVar(&d.MetricsAddr, "metrics-addr", "", "serve Prometheus metrics on http://ADDR/metrics (e.g. 127.0.0.1:9942); off by default")
 	debugAddr := fs.String("debug-addr", "", "serve Go pprof profiles on this address (e.g. 127.0.0.1:6060); off by default")
+	version := fs.Bool("version", false, "print the version and exit")
 	if err := fs.Parse(args); err != nil {
 		return 1
+	}
+	if *version {
+		fmt.Printf("blockrepd version %s\n", Version)
+		return 0
 	}
 	if fs.NArg() > 0 {
 		fmt.Fprintf(stderr, "blockrepd: unexpected argument %q\n", fs.Arg(0))
@@ -56,7 +62,16 @@ func DaemonMain(args []string, stderr io.Writer) int {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
-	if err := d.Run(ctx); err != nil {
+	d.Ready = func() { sdNotify(d.Log, "READY=1") }
+	// Sent when shutdown begins, and at the latest before exiting (Run may return first).
+	stopping := sync.OnceFunc(func() { sdNotify(d.Log, "STOPPING=1") })
+	go func() {
+		<-ctx.Done()
+		stopping()
+	}()
+	err := d.Run(ctx)
+	stopping()
+	if err != nil {
 		fmt.Fprintf(stderr, "blockrepd: %v\n", err)
 		return 1
 	}

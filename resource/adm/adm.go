@@ -21,8 +21,19 @@ import (
 // Main runs blockrepadm with args and returns the exit code.
 func Main(args []string, stdout, stderr io.Writer) int {
 	code := 0
-	app := &cli.App{
+	app := newApp(stdout, stderr, &code)
+	if err := app.Run(append([]string{"blockrepadm"}, args...)); err != nil {
+		fmt.Fprintf(stderr, "blockrepadm: %s\n", oneLine(err.Error()))
+		return exitCode(err)
+	}
+	return code
+}
+
+// newApp is the command line; Main runs it and ManPage renders it.
+func newApp(stdout, stderr io.Writer, code *int) *cli.App {
+	return &cli.App{
 		Name:      "blockrepadm",
+		Version:   resource.Version,
 		Usage:     "administer blockrep resources (like drbdadm)",
 		UsageText: "blockrepadm [--config DIR] [--node NAME] [--run-dir DIR] VERB [flags] RESOURCE|all",
 		Writer:    stdout,
@@ -35,7 +46,7 @@ func Main(args []string, stdout, stderr io.Writer) int {
 		HideHelpCommand: true,
 		CommandNotFound: func(c *cli.Context, verb string) {
 			fmt.Fprintf(stderr, "blockrepadm: unknown verb %q (see blockrepadm --help)\n", verb)
-			code = control.CodeUsage
+			*code = control.CodeUsage
 		},
 		OnUsageError: func(c *cli.Context, err error, _ bool) error {
 			return usageError(err.Error())
@@ -43,11 +54,6 @@ func Main(args []string, stdout, stderr io.Writer) int {
 		ExitErrHandler: func(*cli.Context, error) {},
 		Commands:       commands(),
 	}
-	if err := app.Run(append([]string{"blockrepadm"}, args...)); err != nil {
-		fmt.Fprintf(stderr, "blockrepadm: %s\n", oneLine(err.Error()))
-		return exitCode(err)
-	}
-	return code
 }
 
 type usageError string

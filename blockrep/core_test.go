@@ -54,7 +54,7 @@ func TestCoreTranscripts(t *testing.T) {
 // refusedKeepsState: an operator request the core refuses leaves everything as it was.
 func refusedKeepsState(ev Event) bool {
 	switch ev.(type) {
-	case EvConnect, EvPromote, EvDemote, EvInvalidate, EvResumeIO, EvPromoteCommit:
+	case EvConnect, EvPromote, EvDemote, EvInvalidate, EvResumeIO, EvPromoteCommit, EvOutdate, EvNewCurrentUUID:
 		return true
 	}
 	return false
@@ -204,6 +204,10 @@ func parseEvent(t *testing.T, c *Core, d *datadriven.TestData) Event {
 		return EvInvalidate{}
 	case "resume-io":
 		return EvResumeIO{}
+	case "outdate":
+		return EvOutdate{}
+	case "new-current-uuid":
+		return EvNewCurrentUUID{ClearBitmap: d.HasArg("clear-bitmap")}
 	case "disk-failed":
 		return EvDiskFailed{}
 	case "handler-done":
@@ -241,6 +245,9 @@ func parseEvent(t *testing.T, c *Core, d *datadriven.TestData) Event {
 		g := transport.Generation{Current: uint64(argInt(t, d, "current", 0)), Prev: uint64(argInt(t, d, "prev", 0))}
 		if d.HasArg("diskless") {
 			g.Flags = transport.GenSenderDiskless
+		}
+		if d.HasArg("clear-bitmap") {
+			g.Flags = transport.GenClearBitmap
 		}
 		return EvPeerNewUUID{Peer: peer, Gen: g}
 	case "promote-request":
@@ -444,6 +451,7 @@ func TestTranscriptsCoverEveryEvent(t *testing.T) {
 		"peer-state": "EvPeerState", "peer-new-uuid": "EvPeerNewUUID", "promote-request": "EvPromoteRequest",
 		"sync-request": "EvSyncRequest", "sync-reply": "EvSyncReply", "resync-done": "EvResyncDone",
 		"resync-finished": "EvResyncFinished",
+		"outdate": "EvOutdate", "new-current-uuid": "EvNewCurrentUUID",
 	}
 	seen := map[string]bool{}
 	files, _ := filepath.Glob("testdata/core/*.txt")

@@ -450,8 +450,7 @@ func TestTranscriptsCoverEveryEvent(t *testing.T) {
 		"session-up": "EvSessionUp", "link-down": "EvLinkDown", "session-ended": "EvSessionEnded",
 		"peer-state": "EvPeerState", "peer-new-uuid": "EvPeerNewUUID", "promote-request": "EvPromoteRequest",
 		"sync-request": "EvSyncRequest", "sync-reply": "EvSyncReply", "resync-done": "EvResyncDone",
-		"resync-finished": "EvResyncFinished",
-		"outdate": "EvOutdate", "new-current-uuid": "EvNewCurrentUUID",
+		"resync-finished": "EvResyncFinished", "outdate": "EvOutdate", "new-current-uuid": "EvNewCurrentUUID",
 	}
 	seen := map[string]bool{}
 	files, _ := filepath.Glob("testdata/core/*.txt")

@@ -316,6 +316,9 @@ func (d *Daemon) do(req control.Request, name string) error {
 		if _, err := d.lookup(name); err != nil {
 			return err
 		}
+		if req.Verb == "down" {
+			return nil // drbdadm down of a resource that is not up succeeds
+		}
 		return fmt.Errorf("%s is not up (run: blockrepadm up %s)", name, name)
 	}
 	if r.shared != nil {
@@ -373,6 +376,8 @@ func (d *Daemon) do(req control.Request, name string) error {
 			return fmt.Errorf("%s: no local disk", name)
 		}
 		return r.vol.ResumeIO()
+	case "outdate", "new-current-uuid":
+		return r.generationVerb(req)
 	}
 	return fmt.Errorf("unknown verb %q", req.Verb)
 }

@@ -57,6 +57,8 @@ type Request struct {
 	Password string `json:"password,omitempty"`
 	// Target is the node switchover moves the service to ("" = the best other node).
 	Target string `json:"target,omitempty"`
+	// ClearBitmap is new-current-uuid's --clear-bitmap (skip the initial resync).
+	ClearBitmap bool `json:"clear_bitmap,omitempty"`
 }
 
 // Exit codes, after drbdsetup's where it has one.

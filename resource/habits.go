@@ -1,0 +1,20 @@
+package resource
+
+import (
+	"fmt"
+
+	"github.com/blockrep/blockrep/resource/control"
+)
+
+// generationVerb runs outdate and new-current-uuid, the verbs that change what the
+// local data is declared to be without moving any of it.
+func (r *running) generationVerb(req control.Request) error {
+	vol := r.volume()
+	if vol == nil {
+		return fmt.Errorf("%s: no local disk", r.cfg.Name)
+	}
+	if req.Verb == "outdate" {
+		return vol.Outdate()
+	}
+	return vol.NewCurrentUUID(req.ClearBitmap)
+}

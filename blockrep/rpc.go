@@ -107,6 +107,10 @@ type PeerStatus struct {
 	SyncDonePercent float64
 	SyncETA         time.Duration // 0 if unknown
 	RateBytes       float64       // current resync rate, bytes/s
+	// SentBytes and ReceivedBytes are the current session's link traffic; Pending counts
+	// our requests the peer has not answered yet.
+	SentBytes, ReceivedBytes int64
+	Pending                  int
 }
 
 // Status returns the volume's state with per-peer figures.
@@ -120,6 +124,12 @@ func (v *Volume) Status() (State, []PeerStatus) {
 			OutOfSyncBytes: min(p.bm.Count()*BlockSize, v.size), ResyncBytes: p.rs.bytes.Load()}
 		syncing := ps.Repl.IsSyncSource() || ps.Repl.IsSyncTarget()
 		s.SyncDonePercent, s.SyncETA, s.RateBytes = p.rs.progress(now, p.bm.Count(), syncing)
+		p.pendMu.Lock()
+		if p.link != nil {
+			s.SentBytes, s.ReceivedBytes = p.link.Traffic()
+		}
+		s.Pending = len(p.pending)
+		p.pendMu.Unlock()
 		out = append(out, s)
 	}
 	return st, out
@@ -128,4 +138,13 @@ func (v *Volume) Status() (State, []PeerStatus) {
 // Counters returns the bytes read and written through the volume since it was attached.
 func (v *Volume) Counters() (read, written int64) {
 	return v.readBytes.Load(), v.writtenBytes.Load()
+}
+
+// MetaCounters returns the activity-log transactions and bitmap pages written since
+// the disk was attached.
+func (v *Volume) MetaCounters() (alWrites, bmWrites int64) {
+	v.al.mu.Lock()
+	alWrites = int64(v.al.Writes)
+	v.al.mu.Unlock()
+	return alWrites, v.meta.bmWrites.Load()
 }

@@ -278,7 +278,7 @@ func codeOf(err error) int {
 	var ce *config.Error
 	var se *blockrep.StateError
 	switch {
-	case errors.As(err, &ce):
+	case errors.As(err, &ce), errors.As(err, new(configError)):
 		return control.CodeConfig
 	case errors.Is(err, blockrep.ErrNotUpToDate):
 		return control.CodeNotUpToDate
@@ -386,14 +386,14 @@ func (d *Daemon) do(req control.Request, name string) error {
 func (d *Daemon) lookup(name string) (*config.Resource, error) {
 	cfg, err := config.Load(d.ConfigDir)
 	if err != nil {
-		return nil, err
+		return nil, configError{err}
 	}
 	res, err := cfg.Resource(name)
 	if err != nil {
-		return nil, err
+		return nil, configError{err}
 	}
 	if _, err := res.Host(d.Node); err != nil {
-		return nil, err
+		return nil, configError{err}
 	}
 	for _, w := range cfg.Warnings {
 		if w.Pos.File != "" {
@@ -738,13 +738,14 @@ func (r *running) status() control.ResourceStatus {
 	rs.Role, rs.Disk, rs.SizeBytes = st.Role.String(), st.Disk.String(), vol.Size()
 	rs.Quorum = !st.NoQuorum
 	rs.ReadBytes, rs.WrittenBytes = vol.Counters()
+	rs.ALWrites, rs.BMWrites = vol.MetaCounters()
 	rs.DiskFailed = vol.DiskFailed()
 	rs.Suspended = st.Suspended
 	for _, p := range peers {
 		ps := control.PeerStatus{Node: p.Name, NodeID: p.NodeID, Connection: p.Conn.String(), Replication: p.Repl.String(),
 			PeerDisk: p.Disk.String(), PeerRole: p.Role.String(), Protocol: p.Protocol.String(),
 			OutOfSyncBytes: p.OutOfSyncBytes, SyncDonePercent: p.SyncDonePercent, ResyncBytes: p.ResyncBytes,
-			SplitBrain: p.SplitBrain, Reason: p.Reason}
+			SplitBrain: p.SplitBrain, Reason: p.Reason, SentBytes: p.SentBytes, ReceivedBytes: p.ReceivedBytes, Pending: p.Pending}
 		if p.SyncETA > 0 {
 			ps.SyncETASeconds = p.SyncETA.Seconds()
 		}

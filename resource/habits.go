@@ -18,3 +18,9 @@ func (r *running) generationVerb(req control.Request) error {
 	}
 	return vol.NewCurrentUUID(req.ClearBitmap)
 }
+
+// configError marks a configuration that cannot be read, or that lacks the resource or
+// this node: exit code 10, like a syntax error.
+type configError struct{ error }
+
+func (e configError) Unwrap() error { return e.error }

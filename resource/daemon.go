@@ -252,7 +252,8 @@ func (d *Daemon) handle(req control.Request) control.Response {
 				return fail(control.CodeConfig, err)
 			}
 			for _, r := range cfg.Resources {
-				if _, err := r.Host(d.Node); err == nil {
+				// up all brings up what is not up yet; up of one resource that is up fails.
+				if _, err := r.Host(d.Node); err == nil && d.get(r.Name) == nil {
 					names = append(names, r.Name)
 				}
 			}
@@ -292,7 +293,7 @@ func (d *Daemon) do(req control.Request, name string) error {
 	r := d.get(name)
 	if req.Verb == "up" {
 		if r != nil {
-			return fmt.Errorf("%s is already up", name)
+			return &blockrep.StateError{Msg: fmt.Sprintf("%s is already up", name)}
 		}
 		r, err := d.up(name)
 		if err != nil {

@@ -24,6 +24,8 @@ func TestAdmHabits(t *testing.T) {
 		return strings.TrimSpace(out)
 	}
 	adm(alpha, 0, "wait-connect", "r0", "--timeout", "60")
+	adm(alpha, 11, "up", "r0") // up already: refused, as drbdadm up of an existing minor
+	adm(alpha, 0, "up", "all") // all: what is not up yet, here nothing
 	if got := adm(alpha, 0, "dstate", "r0"); got != "Inconsistent/Inconsistent" {
 		t.Fatalf("dstate of fresh disks: %q", got)
 	}

@@ -97,6 +97,7 @@ func daemonVerb(name, usage string, flags ...cli.Flag) *cli.Command {
 				return err
 			}
 			req := control.Request{Verb: name, Resource: res}
+			warnConfigFile(c)
 			if c.IsSet("force") {
 				req.Force = c.Bool("force")
 			}

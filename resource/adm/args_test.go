@@ -1,6 +1,9 @@
 package adm
 
 import (
+	"io"
+	"os"
+	"path/filepath"
 	"reflect"
 	"strings"
 	"testing"
@@ -51,6 +54,18 @@ func TestFlagsAnywhere(t *testing.T) {
 	dir := t.TempDir()
 	if code, msg := run("dump", "r9", "--config", dir); code != 10 || !strings.Contains(msg, "r9") {
 		t.Fatalf("dump of an unknown resource: exit %d %q, want 10", code, msg)
+	}
+	// -c FILE: that file and its includes, not the directory (here also holding r9).
+	os.WriteFile(filepath.Join(dir, "drbd.conf"), []byte(`include "r0.inc";`), 0o644)
+	os.WriteFile(filepath.Join(dir, "r0.inc"), []byte("resource r0 {\n on x { node-id 0; disk /d/r0; }\n}\n"), 0o644)
+	os.WriteFile(filepath.Join(dir, "r9.res"), []byte("resource r9 {\n on x { node-id 0; disk /d/r9; }\n}\n"), 0o644)
+	if code, msg := run("dump", "all", "-c", filepath.Join(dir, "drbd.conf")); code != 0 {
+		t.Fatalf("dump -c FILE: exit %d %q", code, msg)
+	}
+	var dumped strings.Builder
+	Main([]string{"dump", "all", "-c", filepath.Join(dir, "drbd.conf")}, &dumped, io.Discard)
+	if !strings.Contains(dumped.String(), "resource r0") || strings.Contains(dumped.String(), "r9") {
+		t.Fatalf("dump -c FILE:\n%s", dumped.String())
 	}
 	var out strings.Builder
 	if code := Main([]string{"--version"}, &out, &out); code != 0 || !strings.Contains(out.String(), Version) {

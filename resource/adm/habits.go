@@ -19,6 +19,14 @@ func configPath(c *cli.Context) string {
 	return c.String("config")
 }
 
+// warnConfigFile: the daemon reads its own configuration, so -c cannot change what a
+// daemon verb sees; say so rather than let it pass unnoticed.
+func warnConfigFile(c *cli.Context) {
+	if f := c.String("config-file"); f != "" {
+		fmt.Fprintf(c.App.ErrWriter, "blockrepadm: warning: -c %s applies to dump and create-md; %s uses blockrepd's own --config\n", f, c.Command.Name)
+	}
+}
+
 // configErr: a configuration that cannot be read, or lacks the resource, is a
 // configuration error (exit 10) whatever the cause.
 func configErr(err error) error {

@@ -360,10 +360,16 @@ func (e EvNewCurrentUUID) apply(c *Core) error {
 // a just-created Inconsistent Secondary takes the generation as UpToDate data with empty
 // bitmaps. Anything else re-decides with a handshake (a resync from the sender).
 func (c *Core) adoptClearedGeneration(i int, g transport.Generation) error {
-	if mask(c.Meta.Current) != UUIDJustCreated || c.State.Disk != Inconsistent || c.State.Role == Primary {
-		c.log(slog.LevelWarn, "not adopting a cleared generation: this disk is not just created",
+	fresh := mask(c.Meta.Current) == UUIDJustCreated && c.State.Disk == Inconsistent && c.State.Role == Secondary
+	for j := range c.Peers {
+		if ps := c.ps(j); ps.Repl.IsSyncSource() || ps.Repl.IsSyncTarget() {
+			fresh = false // a resync decided otherwise already
+		}
+	}
+	if !fresh {
+		c.log(slog.LevelWarn, "not adopting a cleared generation: this disk is not just created or a resync runs",
 			"ours", uuidStr(c.Meta.Current), "disk", c.State.Disk)
-		c.rehandshake(func(j int) bool { return j == i }, "the peer skipped the initial resync; this disk is not fresh")
+		c.rehandshake(func(j int) bool { return j == i }, "the peer skipped the initial resync; this disk cannot follow")
 		return nil
 	}
 	for j := range c.Peers {

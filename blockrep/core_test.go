@@ -325,6 +325,9 @@ func TestCoreRandomWalk(t *testing.T) {
 			sb.Peers[i].NodeID = -1
 		}
 		sb.Peers[0].NodeID, sb.Peers[1].NodeID = 1, 2
+		if seed%4 == 0 { // fresh metadata, where new-current-uuid --clear-bitmap applies
+			sb.Current, sb.Flags = UUIDJustCreated, 0
+		}
 		pol := []FencingPolicy{FencingDontCare, FencingResourceOnly, FencingResourceAndStonith}[r.IntN(3)]
 		q := []QuorumPolicy{{}, {Need: QuorumMajority}, {Need: QuorumMajority, IOError: true}}[r.IntN(3)]
 		c := NewCore(0, "alpha", true, q, []CorePeerConfig{{NodeID: 1, Name: "beta", Fencing: pol}, {NodeID: 2, Name: "gamma", Fencing: pol}}, sb, counterUUID())
@@ -382,7 +385,7 @@ func randomEvent(r *rand.Rand, c *Core) Event {
 	peer := 1 + r.IntN(2)
 	roles := []Role{Secondary, Primary}
 	disks := []DiskState{Inconsistent, Outdated, UpToDate}
-	switch r.IntN(16) {
+	switch r.IntN(18) {
 	case 0:
 		return EvConnect{Peer: -1}
 	case 1:
@@ -434,8 +437,16 @@ func randomEvent(r *rand.Rand, c *Core) Event {
 		return EvHandlerDone{Name: "fence-peer", Peer: peer, Purpose: PurposeLostPeer, Exit: []int{4, 7, 1}[r.IntN(3)]}
 	case 14:
 		return EvResumeIO{}
+	case 15:
+		return EvOutdate{}
+	case 16:
+		return EvNewCurrentUUID{ClearBitmap: r.IntN(2) == 0}
 	default:
-		return EvPeerNewUUID{Peer: peer, Gen: transport.Generation{Current: c.Meta.Current + 16, Prev: c.Meta.Current}}
+		g := transport.Generation{Current: c.Meta.Current + 16, Prev: c.Meta.Current}
+		if r.IntN(3) == 0 {
+			g.Flags = transport.GenClearBitmap
+		}
+		return EvPeerNewUUID{Peer: peer, Gen: g}
 	}
 }
 

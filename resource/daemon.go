@@ -247,7 +247,7 @@ func (d *Daemon) handle(req control.Request) control.Response {
 	var names []string
 	if req.Resource == "all" {
 		if req.Verb == "up" {
-			cfg, err := config.Load(d.ConfigDir)
+			cfg, err := config.Load(d.configOf(req))
 			if err != nil {
 				return fail(control.CodeConfig, err)
 			}
@@ -295,7 +295,7 @@ func (d *Daemon) do(req control.Request, name string) error {
 		if r != nil {
 			return &blockrep.StateError{Msg: fmt.Sprintf("%s is already up", name)}
 		}
-		r, err := d.up(name)
+		r, err := d.up(name, d.configOf(req))
 		if err != nil {
 			return err
 		}
@@ -385,7 +385,12 @@ func (d *Daemon) do(req control.Request, name string) error {
 
 // lookup reads the configuration fresh and finds the resource and our part in it.
 func (d *Daemon) lookup(name string) (*config.Resource, error) {
-	cfg, err := config.Load(d.ConfigDir)
+	return d.lookupIn(d.ConfigDir, name)
+}
+
+// lookupIn is lookup in the configuration at path (a directory or a file).
+func (d *Daemon) lookupIn(path, name string) (*config.Resource, error) {
+	cfg, err := config.Load(path)
 	if err != nil {
 		return nil, configError{err}
 	}
@@ -406,8 +411,8 @@ func (d *Daemon) lookup(name string) (*config.Resource, error) {
 
 // up brings a resource up: attach the disk, listen for peers, serve the export socket
 // (which refuses clients until this node is Primary) and connect.
-func (d *Daemon) up(name string) (*running, error) {
-	res, err := d.lookup(name)
+func (d *Daemon) up(name, configPath string) (*running, error) {
+	res, err := d.lookupIn(configPath, name)
 	if err != nil {
 		return nil, err
 	}

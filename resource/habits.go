@@ -19,6 +19,14 @@ func (r *running) generationVerb(req control.Request) error {
 	return vol.NewCurrentUUID(req.ClearBitmap)
 }
 
+// configOf is the configuration an up request reads: blockrepadm -c FILE when given.
+func (d *Daemon) configOf(req control.Request) string {
+	if req.Config != "" {
+		return req.Config
+	}
+	return d.ConfigDir
+}
+
 // configError marks a configuration that cannot be read, or that lacks the resource or
 // this node: exit code 10, like a syntax error.
 type configError struct{ error }

@@ -1,6 +1,8 @@
 package resource_test
 
 import (
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -92,4 +94,13 @@ func TestAdmHabits(t *testing.T) {
 	adm(beta, 10, "down", "r9")
 	adm(beta, 10, "role", "r9")
 	adm(beta, 20, "role", "r0") // known, but not up
+
+	// up -c FILE reads the resource from that file (which includes the real one here).
+	adm(beta, 10, "up", "r0", "-c", filepath.Join(c.Dir, "missing.conf"))
+	single := filepath.Join(c.Dir, "single.conf")
+	if err := os.WriteFile(single, []byte(`include "conf/r0.res";`+"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	adm(beta, 0, "up", "r0", "-c", single)
+	adm(beta, 0, "wait-sync", "r0", "--timeout", "60")
 }

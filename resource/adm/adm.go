@@ -97,7 +97,9 @@ func daemonVerb(name, usage string, flags ...cli.Flag) *cli.Command {
 				return err
 			}
 			req := control.Request{Verb: name, Resource: res}
-			warnConfigFile(c)
+			if err := configFileFor(c, &req); err != nil {
+				return err
+			}
 			if c.IsSet("force") {
 				req.Force = c.Bool("force")
 			}

@@ -2,6 +2,7 @@ package adm
 
 import (
 	"fmt"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
@@ -19,12 +20,24 @@ func configPath(c *cli.Context) string {
 	return c.String("config")
 }
 
-// warnConfigFile: the daemon reads its own configuration, so -c cannot change what a
-// daemon verb sees; say so rather than let it pass unnoticed.
-func warnConfigFile(c *cli.Context) {
-	if f := c.String("config-file"); f != "" {
-		fmt.Fprintf(c.App.ErrWriter, "blockrepadm: warning: -c %s applies to dump and create-md; %s uses blockrepd's own --config\n", f, c.Command.Name)
+// configFileFor passes -c FILE to the daemon for up, which reads the resource's
+// definition from it. The other verbs act on resources that are up, with the
+// definition they were brought up with: say so rather than let -c pass unnoticed.
+func configFileFor(c *cli.Context, req *control.Request) error {
+	f := c.String("config-file")
+	if f == "" {
+		return nil
 	}
+	if req.Verb != "up" {
+		fmt.Fprintf(c.App.ErrWriter, "blockrepadm: warning: -c applies to up, dump and create-md; %s acts on the resource as it was brought up\n", req.Verb)
+		return nil
+	}
+	abs, err := filepath.Abs(f)
+	if err != nil {
+		return configErr(err)
+	}
+	req.Config = abs
+	return nil
 }
 
 // configErr: a configuration that cannot be read, or lacks the resource, is a

@@ -57,6 +57,9 @@ type Request struct {
 	Password string `json:"password,omitempty"`
 	// Target is the node switchover moves the service to ("" = the best other node).
 	Target string `json:"target,omitempty"`
+	// Config is a configuration file or directory that up reads instead of the daemon's
+	// --config (blockrepadm -c FILE); an absolute path.
+	Config string `json:"config,omitempty"`
 	// ClearBitmap is new-current-uuid's --clear-bitmap (skip the initial resync).
 	ClearBitmap bool `json:"clear_bitmap,omitempty"`
 }

@@ -308,6 +308,116 @@ func (EvInvalidate) apply(c *Core) error {
 	return nil
 }
 
+// EvOutdate marks the local data Outdated (drbdadm outdate): it may not be promoted
+// without a resync or --force. As in DRBD it is refused on a Primary and while
+// connected to a peer with a disk, whose handshake would settle it UpToDate again.
+type EvOutdate struct{}
+
+func (EvOutdate) apply(c *Core) error {
+	if c.State.Role == Primary || c.Promoting {
+		return refuse(nil, "cannot outdate a Primary (demote it first)")
+	}
+	for i := range c.Peers {
+		if ps := c.ps(i); ps.Conn == Connected && !c.Peers[i].Tiebreaker {
+			return refuse(nil, "refusing to be Outdated while connected to %s (disconnect first)", ps.Name)
+		}
+	}
+	if c.State.Disk != UpToDate && c.State.Disk != Consistent {
+		return errNoop // Outdated already, or worse
+	}
+	c.markOutdated()
+	return nil
+}
+
+// EvNewCurrentUUID starts a new current generation (drbdadm new-current-uuid). Without
+// ClearBitmap it is a Primary's: peers in sync adopt it, the others' bitmaps start.
+// With ClearBitmap it is DRBD's way to skip the initial resync of fresh disks that are
+// identical (all zeroes, or copies): on a just-created Secondary whose connected peers
+// are Inconsistent, this node takes a new generation as UpToDate with empty bitmaps, and
+// the connected peers adopt it the same way (GenClearBitmap). Peers that are not
+// connected get a full resync when they connect, as for any just-created disk.
+type EvNewCurrentUUID struct{ ClearBitmap bool }
+
+func (e EvNewCurrentUUID) apply(c *Core) error {
+	if !e.ClearBitmap {
+		if c.State.Role != Primary {
+			return refuse(nil, "new-current-uuid needs a Primary (or --clear-bitmap on a just-created resource)")
+		}
+		c.newGeneration(false, false)
+		return nil
+	}
+	if c.State.Role == Primary || c.Promoting {
+		return refuse(nil, "new-current-uuid --clear-bitmap on a Primary: it is for a just-created resource")
+	}
+	if mask(c.Meta.Current) != UUIDJustCreated || c.State.Disk != Inconsistent {
+		return refuse(nil, "new-current-uuid --clear-bitmap needs just-created metadata (this disk is %s, generation %s)",
+			c.State.Disk, uuidStr(c.Meta.Current))
+	}
+	var adopters []int
+	for i := range c.Peers {
+		ps := c.ps(i)
+		if ps.Conn != Connected {
+			continue
+		}
+		if !c.Peers[i].Tiebreaker && (ps.Disk != Inconsistent || ps.Repl != Established) {
+			return refuse(nil, "new-current-uuid --clear-bitmap: %s is %s/%s, not a fresh Inconsistent peer", ps.Name, ps.Repl, ps.Disk)
+		}
+		adopters = append(adopters, i)
+	}
+	old := c.Meta.Current
+	for _, i := range adopters {
+		if !c.Peers[i].Tiebreaker {
+			c.emit(Bits{Op: BitsClearAll, Peer: c.Peers[i].NodeID})
+		}
+	}
+	c.emit(WriteBitmaps{})
+	c.Meta.Current = c.NewUUID()
+	c.Meta.Flags |= MDConsistent | MDWasUpToDate
+	c.Meta.Flags &^= MDOutdated
+	c.persist()
+	c.log(slog.LevelInfo, "new current generation, bitmaps cleared", "old", uuidStr(old), "new", uuidStr(c.Meta.Current))
+	// The generation goes ahead of our State on the same link, so that a peer never
+	// sees us UpToDate before it could adopt (which would re-decide a full resync).
+	for _, i := range adopters {
+		c.Peers[i].Deferred, c.Peers[i].BothInconsistent = false, false
+		c.send(i, transport.MsgNewUUID, &transport.Generation{Current: c.Meta.Current, Prev: old, Flags: transport.GenClearBitmap})
+	}
+	c.mustChange(func(s *State) { s.Disk = UpToDate })
+	return nil
+}
+
+// adoptClearedGeneration is the receiving side of new-current-uuid --clear-bitmap:
+// a just-created Inconsistent Secondary takes the generation as UpToDate data with empty
+// bitmaps. Anything else re-decides with a handshake (a resync from the sender).
+func (c *Core) adoptClearedGeneration(i int, g transport.Generation) error {
+	fresh := mask(c.Meta.Current) == UUIDJustCreated && c.State.Disk == Inconsistent && c.State.Role == Secondary
+	for j := range c.Peers {
+		if ps := c.ps(j); ps.Repl.IsSyncSource() || ps.Repl.IsSyncTarget() {
+			fresh = false // a resync decided otherwise already
+		}
+	}
+	if !fresh {
+		c.log(slog.LevelWarn, "not adopting a cleared generation: this disk is not just created or a resync runs",
+			"ours", uuidStr(c.Meta.Current), "disk", c.State.Disk)
+		c.rehandshake(func(j int) bool { return j == i }, "the peer skipped the initial resync; this disk cannot follow")
+		return nil
+	}
+	for j := range c.Peers {
+		if !c.Peers[j].Tiebreaker {
+			c.emit(Bits{Op: BitsClearAll, Peer: c.Peers[j].NodeID})
+		}
+	}
+	c.emit(WriteBitmaps{})
+	c.Meta.Current = g.Current
+	c.Meta.Flags |= MDConsistent | MDWasUpToDate
+	c.Meta.Flags &^= MDOutdated
+	c.persist()
+	c.log(slog.LevelInfo, "adopted the peer's new generation, bitmaps cleared", "peer", c.Peers[i].Name, "new", uuidStr(g.Current))
+	c.Peers[i].Deferred, c.Peers[i].BothInconsistent = false, false
+	c.mustChange(func(s *State) { s.Disk = UpToDate })
+	return nil
+}
+
 // EvResumeIO ends a fencing freeze by operator decision (drbdadm resume-io).
 type EvResumeIO struct{}
 
@@ -722,6 +832,9 @@ func (e EvPeerNewUUID) apply(c *Core) error {
 		return err
 	}
 	g := e.Gen
+	if g.Flags&transport.GenClearBitmap != 0 {
+		return c.adoptClearedGeneration(i, g)
+	}
 	if mask(c.Meta.Current) != mask(g.Prev) || c.State.Disk != UpToDate {
 		c.log(slog.LevelWarn, "not adopting the peer's new generation", "ours", uuidStr(c.Meta.Current),
 			"their-previous", uuidStr(g.Prev), "disk", c.State.Disk)

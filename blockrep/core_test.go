@@ -54,7 +54,7 @@ func TestCoreTranscripts(t *testing.T) {
 // refusedKeepsState: an operator request the core refuses leaves everything as it was.
 func refusedKeepsState(ev Event) bool {
 	switch ev.(type) {
-	case EvConnect, EvPromote, EvDemote, EvInvalidate, EvResumeIO, EvPromoteCommit:
+	case EvConnect, EvPromote, EvDemote, EvInvalidate, EvResumeIO, EvPromoteCommit, EvOutdate, EvNewCurrentUUID:
 		return true
 	}
 	return false
@@ -206,6 +206,10 @@ func parseEvent(t *testing.T, c *Core, d *datadriven.TestData) Event {
 		return EvInvalidate{}
 	case "resume-io":
 		return EvResumeIO{}
+	case "outdate":
+		return EvOutdate{}
+	case "new-current-uuid":
+		return EvNewCurrentUUID{ClearBitmap: d.HasArg("clear-bitmap")}
 	case "disk-failed":
 		return EvDiskFailed{}
 	case "handler-done":
@@ -243,6 +247,9 @@ func parseEvent(t *testing.T, c *Core, d *datadriven.TestData) Event {
 		g := transport.Generation{Current: uint64(argInt(t, d, "current", 0)), Prev: uint64(argInt(t, d, "prev", 0))}
 		if d.HasArg("diskless") {
 			g.Flags = transport.GenSenderDiskless
+		}
+		if d.HasArg("clear-bitmap") {
+			g.Flags = transport.GenClearBitmap
 		}
 		return EvPeerNewUUID{Peer: peer, Gen: g}
 	case "promote-request":
@@ -320,6 +327,9 @@ func TestCoreRandomWalk(t *testing.T) {
 			sb.Peers[i].NodeID = -1
 		}
 		sb.Peers[0].NodeID, sb.Peers[1].NodeID = 1, 2
+		if seed%4 == 0 { // fresh metadata, where new-current-uuid --clear-bitmap applies
+			sb.Current, sb.Flags = UUIDJustCreated, 0
+		}
 		pol := []FencingPolicy{FencingDontCare, FencingResourceOnly, FencingResourceAndStonith}[r.IntN(3)]
 		q := []QuorumPolicy{{}, {Need: QuorumMajority}, {Need: QuorumMajority, IOError: true}}[r.IntN(3)]
 		// Every other seed, gamma is a diskless tiebreaker.
@@ -387,7 +397,7 @@ func randomEvent(r *rand.Rand, c *Core) Event {
 	if c.Peers[c.peer(peer)].Tiebreaker {
 		roles, disks = []Role{Secondary, Secondary}, []DiskState{Diskless, Diskless, Diskless}
 	}
-	switch r.IntN(16) {
+	switch r.IntN(18) {
 	case 0:
 		return EvConnect{Peer: -1}
 	case 1:
@@ -439,8 +449,16 @@ func randomEvent(r *rand.Rand, c *Core) Event {
 		return EvHandlerDone{Name: "fence-peer", Peer: peer, Purpose: PurposeLostPeer, Exit: []int{4, 7, 1}[r.IntN(3)]}
 	case 14:
 		return EvResumeIO{}
+	case 15:
+		return EvOutdate{}
+	case 16:
+		return EvNewCurrentUUID{ClearBitmap: r.IntN(2) == 0}
 	default:
-		return EvPeerNewUUID{Peer: peer, Gen: transport.Generation{Current: c.Meta.Current + 16, Prev: c.Meta.Current}}
+		g := transport.Generation{Current: c.Meta.Current + 16, Prev: c.Meta.Current}
+		if r.IntN(3) == 0 {
+			g.Flags = transport.GenClearBitmap
+		}
+		return EvPeerNewUUID{Peer: peer, Gen: g}
 	}
 }
 
@@ -455,7 +473,7 @@ func TestTranscriptsCoverEveryEvent(t *testing.T) {
 		"session-up": "EvSessionUp", "link-down": "EvLinkDown", "session-ended": "EvSessionEnded",
 		"peer-state": "EvPeerState", "peer-new-uuid": "EvPeerNewUUID", "promote-request": "EvPromoteRequest",
 		"sync-request": "EvSyncRequest", "sync-reply": "EvSyncReply", "resync-done": "EvResyncDone",
-		"resync-finished": "EvResyncFinished", "add-peer": "EvAddPeer",
+		"resync-finished": "EvResyncFinished", "add-peer": "EvAddPeer", "outdate": "EvOutdate", "new-current-uuid": "EvNewCurrentUUID",
 	}
 	seen := map[string]bool{}
 	files, _ := filepath.Glob("testdata/core/*.txt")

@@ -25,6 +25,8 @@ type Meta struct {
 
 	// failed: the device failed (on-io-error detach); metadata changes stay in memory.
 	failed atomic.Bool
+	// bmWrites counts bitmap pages written (bm-writes in status --statistics).
+	bmWrites atomic.Int64
 }
 
 // NewUUID returns a random generation identifier, never 0 or UUIDJustCreated.
@@ -209,6 +211,7 @@ func (m *Meta) WriteBitmaps() error {
 				return err
 			}
 			wrote = true
+			m.bmWrites.Add(1)
 		}
 	}
 	if wrote {

@@ -110,6 +110,10 @@ type PeerStatus struct {
 	// InFlight is how many requests wait for the peer's ack, of at most MaxInFlight
 	// (max-buffers): the fill of the send window.
 	InFlight, MaxInFlight int
+	// SentBytes and ReceivedBytes are the current session's link traffic; Pending counts
+	// our requests the peer has not answered yet.
+	SentBytes, ReceivedBytes int64
+	Pending                  int
 }
 
 // Status returns the volume's state with per-peer figures.
@@ -125,6 +129,10 @@ func (v *Volume) Status() (State, []PeerStatus) {
 		s.SyncDonePercent, s.SyncETA, s.RateBytes = p.rs.progress(now, p.bm.Count(), syncing)
 		p.pendMu.Lock()
 		s.InFlight, s.MaxInFlight = len(p.pending), p.maxPending
+		if p.link != nil {
+			s.SentBytes, s.ReceivedBytes = p.link.Traffic()
+		}
+		s.Pending = len(p.pending)
 		p.pendMu.Unlock()
 		out = append(out, s)
 	}
@@ -134,4 +142,13 @@ func (v *Volume) Status() (State, []PeerStatus) {
 // Counters returns the bytes read and written through the volume since it was attached.
 func (v *Volume) Counters() (read, written int64) {
 	return v.readBytes.Load(), v.writtenBytes.Load()
+}
+
+// MetaCounters returns the activity-log transactions and bitmap pages written since
+// the disk was attached.
+func (v *Volume) MetaCounters() (alWrites, bmWrites int64) {
+	v.al.mu.Lock()
+	alWrites = int64(v.al.Writes)
+	v.al.mu.Unlock()
+	return alWrites, v.meta.bmWrites.Load()
 }

@@ -886,6 +886,24 @@ func (v *Volume) Invalidate() error {
 	return v.step(EvInvalidate{})
 }
 
+// Outdate marks the local data Outdated (drbdadm outdate); Outdated or worse data is
+// left as it is.
+func (v *Volume) Outdate() error {
+	if err := v.step(EvOutdate{}); err != nil && !errors.Is(err, errNoop) {
+		return err
+	}
+	return nil
+}
+
+// NewCurrentUUID starts a new current generation (drbdadm new-current-uuid); with
+// clearBitmap, on a just-created resource, it skips the initial resync (EvNewCurrentUUID).
+// Writes are held meanwhile so that none straddles the generation change.
+func (v *Volume) NewCurrentUUID(clearBitmap bool) error {
+	v.gate.Lock()
+	defer v.gate.Unlock()
+	return v.step(EvNewCurrentUUID{ClearBitmap: clearBitmap})
+}
+
 // Extents reports holes of the local backing file (block status for NBD clients), or
 // everything as data once the disk is detached.
 func (v *Volume) Extents(off, n int64, fn func(off, n int64, hole bool) bool) error {

@@ -260,12 +260,13 @@ func (d *Daemon) handle(req control.Request) control.Response {
 	var names []string
 	if req.Resource == "all" {
 		if req.Verb == "up" {
-			cfg, err := config.Load(d.ConfigDir)
+			cfg, err := config.Load(d.configOf(req))
 			if err != nil {
 				return fail(control.CodeConfig, err)
 			}
 			for _, r := range cfg.Resources {
-				if _, err := r.Host(d.Node); err == nil {
+				// up all brings up what is not up yet; up of one resource that is up fails.
+				if _, err := r.Host(d.Node); err == nil && d.get(r.Name) == nil {
 					names = append(names, r.Name)
 				}
 			}
@@ -294,7 +295,7 @@ func codeOf(err error) int {
 	var ce *config.Error
 	var se *blockrep.StateError
 	switch {
-	case errors.As(err, &ce):
+	case errors.As(err, &ce), errors.As(err, new(configError)):
 		return control.CodeConfig
 	case errors.Is(err, blockrep.ErrNotUpToDate):
 		return control.CodeNotUpToDate
@@ -308,9 +309,9 @@ func (d *Daemon) do(req control.Request, name string) error {
 	r := d.get(name)
 	if req.Verb == "up" {
 		if r != nil {
-			return fmt.Errorf("%s is already up", name)
+			return &blockrep.StateError{Msg: fmt.Sprintf("%s is already up", name)}
 		}
-		r, err := d.up(name)
+		r, err := d.up(name, d.configOf(req))
 		if err != nil {
 			return err
 		}
@@ -331,6 +332,9 @@ func (d *Daemon) do(req control.Request, name string) error {
 	if r == nil {
 		if _, err := d.lookup(name); err != nil {
 			return err
+		}
+		if req.Verb == "down" {
+			return nil // drbdadm down of a resource that is not up succeeds
 		}
 		return fmt.Errorf("%s is not up (run: blockrepadm up %s)", name, name)
 	}
@@ -390,22 +394,29 @@ func (d *Daemon) do(req control.Request, name string) error {
 			return fmt.Errorf("%s: no local disk", name)
 		}
 		return r.vol.ResumeIO()
+	case "outdate", "new-current-uuid":
+		return r.generationVerb(req)
 	}
 	return fmt.Errorf("unknown verb %q", req.Verb)
 }
 
 // lookup reads the configuration fresh and finds the resource and our part in it.
 func (d *Daemon) lookup(name string) (*config.Resource, error) {
-	cfg, err := config.Load(d.ConfigDir)
+	return d.lookupIn(d.ConfigDir, name)
+}
+
+// lookupIn is lookup in the configuration at path (a directory or a file).
+func (d *Daemon) lookupIn(path, name string) (*config.Resource, error) {
+	cfg, err := config.Load(path)
 	if err != nil {
-		return nil, err
+		return nil, configError{err}
 	}
 	res, err := cfg.Resource(name)
 	if err != nil {
-		return nil, err
+		return nil, configError{err}
 	}
 	if _, err := res.Host(d.Node); err != nil {
-		return nil, err
+		return nil, configError{err}
 	}
 	for _, w := range cfg.Warnings {
 		if w.Pos.File != "" {
@@ -417,8 +428,8 @@ func (d *Daemon) lookup(name string) (*config.Resource, error) {
 
 // up brings a resource up: attach the disk, listen for peers, serve the export socket
 // (which refuses clients until this node is Primary) and connect.
-func (d *Daemon) up(name string) (*running, error) {
-	res, err := d.lookup(name)
+func (d *Daemon) up(name, configPath string) (*running, error) {
+	res, err := d.lookupIn(configPath, name)
 	if err != nil {
 		return nil, err
 	}
@@ -752,13 +763,14 @@ func (r *running) status() control.ResourceStatus {
 	rs.Role, rs.Disk, rs.SizeBytes = st.Role.String(), st.Disk.String(), vol.Size()
 	rs.Quorum = !st.NoQuorum
 	rs.ReadBytes, rs.WrittenBytes = vol.Counters()
+	rs.ALWrites, rs.BMWrites = vol.MetaCounters()
 	rs.DiskFailed = vol.DiskFailed()
 	rs.Suspended = st.Suspended
 	for _, p := range peers {
 		ps := control.PeerStatus{Node: p.Name, NodeID: p.NodeID, Connection: p.Conn.String(), Replication: p.Repl.String(),
 			PeerDisk: p.Disk.String(), PeerRole: p.Role.String(), Protocol: p.Protocol.String(),
 			OutOfSyncBytes: p.OutOfSyncBytes, SyncDonePercent: p.SyncDonePercent, ResyncBytes: p.ResyncBytes,
-			SplitBrain: p.SplitBrain, Reason: p.Reason}
+			SplitBrain: p.SplitBrain, Reason: p.Reason, SentBytes: p.SentBytes, ReceivedBytes: p.ReceivedBytes, Pending: p.Pending}
 		if p.SyncETA > 0 {
 			ps.SyncETASeconds = p.SyncETA.Seconds()
 		}

@@ -21,7 +21,7 @@ func DaemonMain(args []string, stderr io.Writer) int {
 	fs := flag.NewFlagSet("blockrepd", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	d := &Daemon{}
-	fs.StringVar(&d.ConfigDir, "config", control.DefaultConfigDir, "directory of .res files")
+	fs.StringVar(&d.ConfigDir, "config", control.DefaultConfigDir, "directory of .res files, or one file (with its includes)")
 	fs.StringVar(&d.Node, "node", control.DefaultNode(), "this node's name (its \"on\" section)")
 	fs.StringVar(&d.RunDir, "run-dir", control.DefaultRunDir, "run directory (control socket, NBD exports)")
 	level := fs.String("log-level", "info", "debug|info|warn|error")

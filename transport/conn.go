@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -53,6 +54,9 @@ type Conn struct {
 
 	rhdr [headerSize]byte
 	rbuf []byte
+
+	// sent and received count bytes framed and read (status --statistics).
+	sent, received atomic.Int64
 
 	// Peer identity established by the hello exchange.
 	PeerID   int
@@ -115,6 +119,10 @@ func (c *Conn) SetBuffers(snd, rcv int) {
 	}
 }
 
+// Traffic returns the bytes queued for sending and read on this connection so far,
+// frame headers included.
+func (c *Conn) Traffic() (sent, received int64) { return c.sent.Load(), c.received.Load() }
+
 // NetConn returns the underlying connection.
 func (c *Conn) NetConn() net.Conn { return c.nc }
 
@@ -174,6 +182,7 @@ func (c *Conn) readMsgMax(max uint32) (MsgType, []byte, error) {
 	if _, err := io.ReadFull(c.r, p); err != nil {
 		return 0, nil, err
 	}
+	c.received.Add(int64(headerSize + n))
 	return t, p, nil
 }
 
@@ -184,6 +193,7 @@ func (c *Conn) frame(t MsgType, n int) {
 	binary.BigEndian.PutUint16(c.hdr[6:], 0)
 	binary.BigEndian.PutUint32(c.hdr[8:], uint32(n))
 	c.cur = append(c.cur, c.hdr[:headerSize]...)
+	c.sent.Add(int64(headerSize + n))
 	if c.since.IsZero() {
 		c.since = time.Now()
 	}

@@ -233,6 +233,10 @@ type Generation struct {
 // records what the sender's disk misses from now on.
 const GenSenderDiskless = 1
 
+// GenClearBitmap: new-current-uuid --clear-bitmap on a just-created resource; a
+// just-created receiver adopts the generation as UpToDate, with nothing to resync.
+const GenClearBitmap = 2
+
 func (g *Generation) Encode() []byte {
 	var e Enc
 	e.U64(g.Current)

@@ -85,6 +85,14 @@ func Main(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "fence_blockrep: "+format+"\n", a...)
 		return exitFail
 	}
+	// Help is answered before anything is parsed or read: it must work without a
+	// configuration.
+	for _, a := range args {
+		if a == "-h" || a == "--help" || a == "-?" {
+			io.WriteString(stdout, usage)
+			return exitOK
+		}
+	}
 	p, err := parseArgs(args, stdin)
 	if err != nil {
 		return fail("%v", err)
@@ -334,6 +342,21 @@ func (a *agent) on(ctx context.Context, plug string) error {
 	}
 	return errors.New("the local blockrepd does not serve the resource: start it and run blockrepadm up, which registers the key")
 }
+
+const usage = `Usage: fence_blockrep [options]   (or key=value lines on stdin)
+Fences a node of a blockrep shared-storage resource by removing its SCSI-3
+persistent reservation key from the shared LUN.
+
+  -o, --action=ACTION    on, off (default), status, monitor, list, metadata, validate-all
+  -n, --plug=NODE        the node to fence (its on section; --port is the old name)
+      --devices=URLS     iscsi:// URLs of the shared LUNs, comma separated (selects the resource)
+      --resource=NAME    the resource (instead of --devices)
+      --key=HEX          the key this agent registers as (default: the local node's)
+      --nodename=NAME    the local node (default: the hostname; --node is the same)
+      --config=DIR       directory of .res files (default /etc/blockrep)
+      --run-dir=DIR      blockrepd's run directory (default /run/blockrep)
+  -h, --help             this help
+`
 
 const metadata = `<?xml version="1.0" ?>
 <resource-agent name="fence_blockrep" shortdesc="Fence agent for blockrep shared storage (SCSI-3 persistent reservations)">

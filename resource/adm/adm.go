@@ -22,6 +22,10 @@ import (
 func Main(args []string, stdout, stderr io.Writer) int {
 	code := 0
 	app := newApp(stdout, stderr, &code)
+	for _, cmd := range app.Commands {
+		cmd.OnUsageError = app.OnUsageError // a bad flag of a verb is a usage error too (exit 1)
+	}
+	args = reorder(args, app.Flags, app.Commands)
 	if err := app.Run(append([]string{"blockrepadm"}, args...)); err != nil {
 		fmt.Fprintf(stderr, "blockrepadm: %s\n", oneLine(err.Error()))
 		return exitCode(err)
@@ -32,17 +36,13 @@ func Main(args []string, stdout, stderr io.Writer) int {
 // newApp is the command line; Main runs it and ManPage renders it.
 func newApp(stdout, stderr io.Writer, code *int) *cli.App {
 	return &cli.App{
-		Name:      "blockrepadm",
-		Version:   resource.Version,
-		Usage:     "administer blockrep resources (like drbdadm)",
-		UsageText: "blockrepadm [--config DIR] [--node NAME] [--run-dir DIR] VERB [flags] RESOURCE|all",
-		Writer:    stdout,
-		ErrWriter: stderr,
-		Flags: []cli.Flag{
-			&cli.StringFlag{Name: "config", Value: control.DefaultConfigDir, Usage: "directory of .res files"},
-			&cli.StringFlag{Name: "node", Value: control.DefaultNode(), Usage: "this node's name (its \"on\" section)"},
-			&cli.StringFlag{Name: "run-dir", Value: control.DefaultRunDir, Usage: "blockrepd's run directory (control socket, exports)"},
-		},
+		Name:            "blockrepadm",
+		Version:         resource.Version,
+		Usage:           "administer blockrep resources (like drbdadm)",
+		UsageText:       "blockrepadm [--config DIR | -c FILE] [--node NAME] [--run-dir DIR] VERB [flags] RESOURCE|all",
+		Writer:          stdout,
+		ErrWriter:       stderr,
+		Flags:           globalFlags(),
 		HideHelpCommand: true,
 		CommandNotFound: func(c *cli.Context, verb string) {
 			fmt.Fprintf(stderr, "blockrepadm: unknown verb %q (see blockrepadm --help)\n", verb)
@@ -99,11 +99,17 @@ func daemonVerb(name, usage string, flags ...cli.Flag) *cli.Command {
 				return err
 			}
 			req := control.Request{Verb: name, Resource: res}
+			if err := configFileFor(c, &req); err != nil {
+				return err
+			}
 			if c.IsSet("force") {
 				req.Force = c.Bool("force")
 			}
 			if c.IsSet("discard-my-data") {
 				req.DiscardMyData = c.Bool("discard-my-data")
+			}
+			if c.IsSet("clear-bitmap") {
+				req.ClearBitmap = c.Bool("clear-bitmap")
 			}
 			_, err = client(c).Do(req)
 			return err
@@ -117,6 +123,15 @@ func reserved(name string) *cli.Command {
 		Action: func(c *cli.Context) error {
 			return &control.Error{Msg: fmt.Sprintf("%s is not implemented in this version of blockrep", name), Code: control.CodeOther}
 		},
+	}
+}
+
+func globalFlags() []cli.Flag {
+	return []cli.Flag{
+		&cli.StringFlag{Name: "config", Value: control.DefaultConfigDir, Usage: "directory of .res files"},
+		&cli.StringFlag{Name: "config-file", Aliases: []string{"c"}, Usage: "one .res/.conf file (and what it includes) instead of --config (drbdadm -c)"},
+		&cli.StringFlag{Name: "node", Value: control.DefaultNode(), Usage: "this node's name (its \"on\" section)"},
+		&cli.StringFlag{Name: "run-dir", Value: control.DefaultRunDir, Usage: "blockrepd's run directory (control socket, exports)"},
 	}
 }
 
@@ -141,9 +156,19 @@ func commands() []*cli.Command {
 		daemonVerb("secondary", "demote this node", &cli.BoolFlag{Name: "force", Usage: "drop NBD clients that still hold the export"}),
 		daemonVerb("invalidate", "discard local data and resync it all from a peer"),
 		daemonVerb("resume-io", "resume I/O frozen by fencing (the operator vouches that the peer is fenced)"),
+		daemonVerb("outdate", "mark the local data Outdated (Secondary, disconnected)"),
+		daemonVerb("new-current-uuid", "start a new current generation (Primary); --clear-bitmap skips the initial resync of fresh disks",
+			&cli.BoolFlag{Name: "clear-bitmap", Usage: "on a just-created resource: this node and its connected fresh peers become UpToDate without a resync"}),
+		stateVerb("role", "print the role (Primary or Secondary)"),
+		stateVerb("cstate", "print the connection state to each peer, one line each"),
+		stateVerb("dstate", "print the disk states: local/peer… (UpToDate/UpToDate)"),
+		waitVerb("wait-connect", "wait until every peer is Connected"),
+		waitVerb("wait-sync", "wait until no resync runs and every peer is UpToDate"),
 		{
 			Name: "status", Usage: "show resource state", ArgsUsage: "[RESOURCE|all]",
-			Flags:  []cli.Flag{&cli.BoolFlag{Name: "json", Usage: "machine-readable output"}},
+			Flags: []cli.Flag{&cli.BoolFlag{Name: "json", Usage: "machine-readable output"},
+				&cli.BoolFlag{Name: "verbose", Aliases: []string{"v"}, Usage: "node ids, replication and disk of every peer"},
+				&cli.BoolFlag{Name: "statistics", Aliases: []string{"s"}, Usage: "counters (KiB sent, received, read, written; pending requests)"}},
 			Action: status,
 		},
 		{
@@ -199,6 +224,10 @@ func status(c *cli.Context) error {
 		enc.SetIndent("", "  ")
 		return enc.Encode(resp.Status)
 	}
+	if c.Bool("verbose") || c.Bool("statistics") {
+		control.FormatStatusVerbose(c.App.Writer, resp.Status, c.Bool("verbose"), c.Bool("statistics"))
+		return nil
+	}
 	control.FormatStatus(c.App.Writer, resp.Status)
 	return nil
 }
@@ -225,15 +254,15 @@ func resourcesOf(c *cli.Context) (*config.Config, []string, error) {
 	if err != nil {
 		return nil, nil, err
 	}
-	cfg, err := config.Load(c.String("config"))
+	cfg, err := config.Load(configPath(c))
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, configErr(err)
 	}
 	if name == "all" {
 		return cfg, cfg.Names(), nil
 	}
 	if _, err := cfg.Resource(name); err != nil {
-		return nil, nil, err
+		return nil, nil, configErr(err)
 	}
 	return cfg, []string{name}, nil
 }
@@ -282,7 +311,7 @@ func createMD(c *cli.Context) error {
 			}
 			return err
 		}
-		geo, err := resource.CreateMD(c.String("config"), node, n, c.Int("max-peers"), c.Bool("force"))
+		geo, err := resource.CreateMD(configPath(c), node, n, c.Int("max-peers"), c.Bool("force"))
 		if err != nil {
 			return fmt.Errorf("%s: %w", n, err)
 		}

@@ -18,7 +18,17 @@ const maxFileSize = 16 << 20
 // global_common.conf is read whether or not a .res file includes it (there
 // is no drbd.conf to include it), and at most once. Positions name files
 // relative to dir where possible.
+//
+// dir may also name a single file (drbdadm -c FILE): then that file alone is read, with
+// the files it includes, relative to its directory.
 func Load(dir string) (*Config, error) {
+	if fi, err := os.Stat(dir); err == nil && fi.Mode().IsRegular() {
+		l := newLoader(osFS{}, filepath.Dir(dir))
+		if err := l.path(dir, Pos{}); err != nil {
+			return nil, err
+		}
+		return build(l.top)
+	}
 	entries, err := os.ReadDir(dir)
 	if err != nil {
 		return nil, err

@@ -267,3 +267,24 @@ func TestSkip(t *testing.T) {
 		t.Error("unterminated skipped section: no error")
 	}
 }
+
+// drbdadm -c FILE: one file and what it includes, not the directory around it.
+func TestLoadSingleFile(t *testing.T) {
+	dir := t.TempDir()
+	writeFiles(t, dir, map[string]string{
+		"drbd.conf":                 `include "drbd.d/global_common.conf"; include "drbd.d/*.res";` + "\n",
+		"drbd.d/r0.res":             oneHost("r0", "x", 0),
+		"drbd.d/global_common.conf": "global { usage-count no; }\n",
+		"other.res":                 oneHost("other", "x", 1),
+	})
+	cfg, err := Load(filepath.Join(dir, "drbd.conf"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := cfg.Names(); !reflect.DeepEqual(got, []string{"r0"}) {
+		t.Fatalf("resources %v, want [r0]", got)
+	}
+	if _, err := Load(filepath.Join(dir, "missing.conf")); err == nil {
+		t.Fatal("a missing file loaded")
+	}
+}

@@ -59,11 +59,17 @@ type Request struct {
 	Target string `json:"target,omitempty"`
 	// DryRun: adjust prints its plan without applying it.
 	DryRun bool `json:"dry_run,omitempty"`
+	// Config is a configuration file or directory that up reads instead of the daemon's
+	// --config (blockrepadm -c FILE); an absolute path.
+	Config string `json:"config,omitempty"`
+	// ClearBitmap is new-current-uuid's --clear-bitmap (skip the initial resync).
+	ClearBitmap bool `json:"clear_bitmap,omitempty"`
 }
 
 // Exit codes, after drbdsetup's where it has one.
 const (
 	CodeUsage       = 1
+	CodeTimeout     = 5  // wait-connect, wait-sync gave up (drbdsetup's wait-* code)
 	CodeConfig      = 10 // configuration error
 	CodeState       = 11 // state change refused
 	CodeNotUpToDate = 17 // no UpToDate data
@@ -98,6 +104,9 @@ type ResourceStatus struct {
 	// Bytes read and written through the export since the disk was attached.
 	ReadBytes    int64 `json:"read_bytes"`
 	WrittenBytes int64 `json:"written_bytes"`
+	// Activity-log transactions and bitmap pages written since the disk was attached.
+	ALWrites int64 `json:"al_writes"`
+	BMWrites int64 `json:"bm_writes"`
 	// DiskFailed: the local disk was detached after an I/O error (on-io-error detach).
 	DiskFailed bool `json:"disk_failed,omitempty"`
 	// Suspended says why writes are frozen: "fencing" (waiting for fence-peer), "quorum"
@@ -149,9 +158,14 @@ type PeerStatus struct {
 	OutOfSyncBytes  int64   `json:"out_of_sync_bytes"`
 	SyncDonePercent float64 `json:"sync_done_percent"`
 	ResyncBytes     int64   `json:"resync_bytes"`
-	SyncETASeconds  float64 `json:"sync_eta_seconds,omitempty"`
-	SplitBrain      bool    `json:"split_brain,omitempty"`
-	Reason          string  `json:"reason,omitempty"`
+	// The current session's link traffic (frame headers included), and our requests
+	// the peer has not answered yet.
+	SentBytes      int64   `json:"sent_bytes"`
+	ReceivedBytes  int64   `json:"received_bytes"`
+	Pending        int     `json:"pending"`
+	SyncETASeconds float64 `json:"sync_eta_seconds,omitempty"`
+	SplitBrain     bool    `json:"split_brain,omitempty"`
+	Reason         string  `json:"reason,omitempty"`
 }
 
 // Error is a failed request as the client sees it.

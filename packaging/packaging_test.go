@@ -135,8 +135,8 @@ func TestSystemdUnits(t *testing.T) {
 			t.Errorf("blockrepd.service lacks %q", strings.TrimSpace(want))
 		}
 	}
-	if strings.Contains(string(d), "ExecReload=") {
-		t.Error("blockrepd.service has ExecReload, but blockrepadm adjust is not implemented")
+	if !strings.Contains(string(d), "\nExecReload=/usr/sbin/blockrepadm ") || !strings.Contains(string(d), " adjust all\n") {
+		t.Error("blockrepd.service's reload is not blockrepadm adjust all")
 	}
 }
 

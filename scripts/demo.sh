@@ -103,4 +103,11 @@ step "tear down"
 show adm beta secondary r0
 show adm alpha down r0
 show adm beta down r0
+
+step "PostgreSQL that fails over: three nodes in network namespaces, the Primary's node killed under commits"
+# Needs root (namespaces, mounts, loop devices); without it the harness says so and skips.
+if ! go run ./scripts/failover -demo; then
+	echo "the failover demo failed" >&2
+	exit 1
+fi
 echo "demo done"

@@ -237,8 +237,9 @@ func TestDiff(t *testing.T) {
 		{name: "split-brain flag and reason are not state changes",
 			old: stateOf(Secondary, UpToDate, peerSt(StandAlone, ReplOff, RoleUnknown, DUnknown)),
 			new: stateOf(Secondary, UpToDate, PeerState{NodeID: 1, Name: "bravo", Conn: StandAlone, SplitBrain: true, Reason: "split-brain", Disk: DUnknown})},
-		{name: "a peer missing from the old state is not diffed",
-			old: stateOf(Secondary, UpToDate), new: stateOf(Secondary, UpToDate, peerConnSecondary)},
+		{name: "a peer missing from the old state was added",
+			old: stateOf(Secondary, UpToDate), new: stateOf(Secondary, UpToDate, peerConnSecondary),
+			want: []string{"bravo added:Connected"}},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

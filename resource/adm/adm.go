@@ -161,7 +161,7 @@ func commands() []*cli.Command {
 			&cli.BoolFlag{Name: "clear-bitmap", Usage: "on a just-created resource: this node and its connected fresh peers become UpToDate without a resync"}),
 		stateVerb("role", "print the role (Primary or Secondary)"),
 		stateVerb("cstate", "print the connection state to each peer, one line each"),
-		stateVerb("dstate", "print the disk states: local/peer… (UpToDate/UpToDate)"),
+		stateVerb("dstate", "print the disk states: local/peer... (UpToDate/UpToDate)"),
 		waitVerb("wait-connect", "wait until every peer is Connected"),
 		waitVerb("wait-sync", "wait until no resync runs and every peer is UpToDate"),
 		{

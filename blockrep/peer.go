@@ -238,23 +238,32 @@ func (v *Volume) Incoming(c *transport.Conn) {
 		if p.cfg.NodeID != c.PeerID {
 			continue
 		}
-		if c.PeerID < v.cfg.NodeID {
-			c.Close()
+		handIncoming(c, v.cfg.NodeID, p.incoming, func() {
 			if p.wanted() {
 				p.wake()
 			}
-			return
-		}
-		select {
-		case p.incoming <- c:
-		default:
-			m := transport.Disconnect{Reason: "already connecting"}
-			c.Send(transport.MsgDisconnect, m.Encode(), nil)
-			c.Close()
-		}
+		})
 		return
 	}
 	c.Close()
+}
+
+// handIncoming gives a link manager a connection its peer dialed. One from a lower
+// node id is a wake-up call (the higher node id dials); one that finds the manager
+// with a connection already waiting is turned away.
+func handIncoming(c *transport.Conn, selfID int, incoming chan *transport.Conn, wake func()) {
+	if c.PeerID < selfID {
+		c.Close()
+		wake()
+		return
+	}
+	select {
+	case incoming <- c:
+	default:
+		m := transport.Disconnect{Reason: "already connecting"}
+		c.Send(transport.MsgDisconnect, m.Encode(), nil)
+		c.Close()
+	}
 }
 
 func (p *Peer) dials() bool { return p.v.cfg.NodeID > p.cfg.NodeID }

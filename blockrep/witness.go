@@ -118,21 +118,12 @@ func (w *Witness) Incoming(c *transport.Conn) {
 		if l.cfg.NodeID != c.PeerID || w.closed.Load() {
 			continue
 		}
-		if c.PeerID < w.cfg.NodeID {
-			c.Close()
+		handIncoming(c, w.cfg.NodeID, l.incoming, func() {
 			select {
 			case l.kick <- struct{}{}:
 			default:
 			}
-			return
-		}
-		select {
-		case l.incoming <- c:
-		default:
-			m := transport.Disconnect{Reason: "already connecting"}
-			c.Send(transport.MsgDisconnect, m.Encode(), nil)
-			c.Close()
-		}
+		})
 		return
 	}
 	c.Close()

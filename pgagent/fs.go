@@ -19,14 +19,14 @@ func mounts() []string {
 	var out []string
 	for _, line := range strings.Split(string(b), "\n") {
 		if f := strings.Fields(line); len(f) > 4 {
-			out = append(out, unescapeMount(f[4]))
+			out = append(out, UnescapeMount(f[4]))
 		}
 	}
 	return out
 }
 
-// unescapeMount undoes mountinfo's octal escapes (\040 for a space).
-func unescapeMount(s string) string {
+// UnescapeMount undoes mountinfo's octal escapes (\040 for a space) in a mount point.
+func UnescapeMount(s string) string {
 	if !strings.Contains(s, `\`) {
 		return s
 	}
@@ -63,7 +63,7 @@ func foreignMounts(dir string, devs []string) []int {
 		seen[ns] = true
 		b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/mountinfo", pid))
 		for _, line := range strings.Split(string(b), "\n") {
-			if f := strings.Fields(line); len(f) > 4 && unescapeMount(f[4]) == dir && slices.Contains(devs, f[2]) {
+			if f := strings.Fields(line); len(f) > 4 && UnescapeMount(f[4]) == dir && slices.Contains(devs, f[2]) {
 				out = append(out, pid)
 				break
 			}
@@ -124,7 +124,7 @@ var nsenter = func(ctx context.Context, pid string, args ...string) (string, err
 func mountDev(dir string) string {
 	b, _ := os.ReadFile("/proc/self/mountinfo")
 	for _, line := range strings.Split(string(b), "\n") {
-		if f := strings.Fields(line); len(f) > 4 && unescapeMount(f[4]) == dir {
+		if f := strings.Fields(line); len(f) > 4 && UnescapeMount(f[4]) == dir {
 			return f[2]
 		}
 	}

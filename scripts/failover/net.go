@@ -10,6 +10,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/blockrep/blockrep/pgagent"
 )
 
 // The topology, as internal/clustertest's Netns mode builds it but with fixed names
@@ -198,31 +200,12 @@ func mountsUnder(mountinfo, dir string) []string {
 		if len(fields) < 5 {
 			continue
 		}
-		p := unescapeMount(fields[4])
+		p := pgagent.UnescapeMount(fields[4])
 		if under(p, dir) {
 			points = append(points, p)
 		}
 	}
 	return points
-}
-
-// unescapeMount undoes mountinfo's octal escapes (\040 for a space).
-func unescapeMount(s string) string {
-	if !strings.Contains(s, `\`) {
-		return s
-	}
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' && i+3 < len(s) {
-			if v, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
-				b.WriteByte(byte(v))
-				i += 3
-				continue
-			}
-		}
-		b.WriteByte(s[i])
-	}
-	return b.String()
 }
 
 // deviceLog is the file in the work dir naming every loop device seen on a file of
